@@ -1,0 +1,25 @@
+// Grouped linear over variable-length row segments (the experts of a dropless MoE layer):
+//   for each group e with rows [offsets[e], offsets[e+1]):  Y_e (n_e, n_out) = X_e W_e^T
+//   W_e = W + e * w_stride, each (n_out, n_in) row-major. Empty segments are allowed.
+// backward: dX_e = dY_e W_e (written; rows of empty groups untouched as there are none),
+//           dW_e += dY_e^T X_e (parameter grads accumulate; unchanged for an empty group).
+// X and dX may have a row stride (ldx) so a segment can read a column slice.
+#pragma once
+
+#include <cstdint>
+
+#include "core/ctx.h"
+
+namespace um {
+
+template <class T>
+void grouped_linear_forward(T* Y, const T* X, int64_t ldx, const T* W, int64_t w_stride,
+                            const int32_t* offsets, int64_t n_groups, int64_t n_in, int64_t n_out,
+                            const Ctx& ctx);
+
+template <class T>
+void grouped_linear_backward(T* dX, T* dW, const T* dY, const T* X, int64_t ldx, const T* W,
+                             int64_t w_stride, const int32_t* offsets, int64_t n_groups,
+                             int64_t n_in, int64_t n_out, const Ctx& ctx);
+
+}  // namespace um

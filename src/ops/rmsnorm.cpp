@@ -1,0 +1,63 @@
+#include "ops/rmsnorm.h"
+
+#include <cmath>
+
+#include "ops/reduce.h"
+
+namespace um {
+
+template <class T>
+void rmsnorm_forward(T* y, int64_t ldy, T* rstd, const T* x, int64_t ldx, const T* g, int64_t N,
+                     int64_t D, double eps, const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xr = x + n * ldx;
+    T* yr = y + n * ldy;
+    T ss = 0;
+    for (int64_t d = 0; d < D; ++d) ss += xr[d] * xr[d];
+    T r = T(1) / std::sqrt(ss / T(D) + T(eps));
+    rstd[n] = r;
+    for (int64_t d = 0; d < D; ++d) yr[d] = g[d] * (xr[d] * r);
+  }
+}
+
+template <class T>
+void rmsnorm_backward(T* dx, int64_t lddx, T* dg, const T* dy, int64_t lddy, const T* x,
+                      int64_t ldx, const T* g, const T* rstd, int64_t N, int64_t D,
+                      bool accumulate_dx, const Ctx& ctx) {
+  if (dx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+    for (int64_t n = 0; n < N; ++n) {
+      const T* xr = x + n * ldx;
+      const T* dyr = dy + n * lddy;
+      T* dxr = dx + n * lddx;
+      T r = rstd[n];
+      T dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += dyr[d] * g[d] * xr[d];
+      T c = dot * r * r / T(D);
+      if (accumulate_dx)
+        for (int64_t d = 0; d < D; ++d) dxr[d] += r * (dyr[d] * g[d] - xr[d] * c);
+      else
+        for (int64_t d = 0; d < D; ++d) dxr[d] = r * (dyr[d] * g[d] - xr[d] * c);
+    }
+  }
+  if (dg) {
+    column_reduce<T>(dg, N, D, ctx, [&](int64_t n, T* acc) {
+      const T* xr = x + n * ldx;
+      const T* dyr = dy + n * lddy;
+      T r = rstd[n];
+      for (int64_t d = 0; d < D; ++d) acc[d] += dyr[d] * xr[d] * r;
+    });
+  }
+}
+
+#define UM_INSTANTIATE(T)                                                                     \
+  template void rmsnorm_forward<T>(T*, int64_t, T*, const T*, int64_t, const T*, int64_t,     \
+                                   int64_t, double, const Ctx&);                              \
+  template void rmsnorm_backward<T>(T*, int64_t, T*, const T*, int64_t, const T*, int64_t,    \
+                                    const T*, const T*, int64_t, int64_t, bool, const Ctx&);
+UM_INSTANTIATE(float)
+UM_INSTANTIATE(double)
+#undef UM_INSTANTIATE
+
+}  // namespace um

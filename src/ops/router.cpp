@@ -1,0 +1,199 @@
+#include "ops/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ops/reduce.h"
+
+namespace um {
+
+template <class T>
+void router_scores_forward(T* s, const T* z, int64_t N, int64_t E, ScoreFunc func,
+                           const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* zr = z + n * E;
+    T* sr = s + n * E;
+    if (func == ScoreFunc::sigmoid) {
+      for (int64_t e = 0; e < E; ++e) sr[e] = T(1) / (T(1) + std::exp(-zr[e]));
+    } else {
+      T m = *std::max_element(zr, zr + E), l = 0;
+      for (int64_t e = 0; e < E; ++e) l += (sr[e] = std::exp(zr[e] - m));
+      for (int64_t e = 0; e < E; ++e) sr[e] /= l;
+    }
+  }
+}
+
+template <class T>
+void router_scores_backward(T* dz, const T* ds, const T* s, int64_t N, int64_t E, ScoreFunc func,
+                            const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* sr = s + n * E;
+    const T* dsr = ds + n * E;
+    T* dzr = dz + n * E;
+    if (func == ScoreFunc::sigmoid) {
+      for (int64_t e = 0; e < E; ++e) dzr[e] = dsr[e] * sr[e] * (T(1) - sr[e]);
+    } else {
+      T dot = 0;
+      for (int64_t e = 0; e < E; ++e) dot += dsr[e] * sr[e];
+      for (int64_t e = 0; e < E; ++e) dzr[e] = sr[e] * (dsr[e] - dot);
+    }
+  }
+}
+
+namespace {
+
+// Picks the k best of cand[0..n) by value (ties: lower position) into out[0..k), best first.
+// Returns the gap between the k-th chosen and the best rejected value (+inf if none rejected).
+template <class T>
+T pick_top(int32_t* out, const T* val, const int32_t* cand, int n, int k) {
+  int chosen = 0;
+  for (int i = 0; i < n; ++i) {
+    // insertion into the ranked list out[0..chosen) (strict > keeps ties in position order)
+    int at = chosen;
+    while (at > 0 && val[i] > val[out[at - 1]]) --at;
+    if (at >= k) continue;
+    int last = std::min(chosen, k - 1);
+    for (int j = last; j > at; --j) out[j] = out[j - 1];
+    out[at] = i;
+    chosen = std::min(chosen + 1, k);
+  }
+  T best_rejected = -std::numeric_limits<T>::infinity();
+  for (int i = 0; i < n; ++i) {
+    bool taken = false;
+    for (int j = 0; j < k; ++j) taken |= out[j] == i;
+    if (!taken) best_rejected = std::max(best_rejected, val[i]);
+  }
+  T gap = n > k ? val[out[k - 1]] - best_rejected : std::numeric_limits<T>::infinity();
+  for (int j = 0; j < k; ++j) out[j] = cand ? cand[out[j]] : out[j];
+  return gap;
+}
+
+}  // namespace
+
+template <class T>
+void router_topk(int32_t* idx, T* margin, const T* s, const T* bias, int64_t N, int64_t E,
+                 const TopkSpec& spec, const Ctx& ctx) {
+  const int k = spec.k, G = spec.n_group;
+  const int per_group = static_cast<int>(E / std::max(G, 1));
+#pragma omp parallel num_threads(ctx.n_threads)
+  {
+    std::vector<T> biased(E), group_score(G), val(E);
+    std::vector<int32_t> cand(E), pick(std::max<int64_t>(E, G));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const T* sr = s + n * E;
+      for (int64_t e = 0; e < E; ++e) biased[e] = sr[e] + (bias ? bias[e] : T(0));
+      int32_t* out = idx + n * k;
+      T gap = std::numeric_limits<T>::infinity();
+      if (spec.method == TopkMethod::greedy) {
+        gap = pick_top<T>(out, biased.data(), nullptr, static_cast<int>(E), k);
+      } else if (spec.method == TopkMethod::group_limited) {
+        const int top_in_group = std::min(2, per_group);
+        for (int g = 0; g < G; ++g) {
+          const T* b = biased.data() + g * per_group;
+          group_score[g] = 0;
+          pick_top<T>(pick.data(), b, nullptr, per_group, top_in_group);
+          for (int j = 0; j < top_in_group; ++j) group_score[g] += b[pick[j]];
+        }
+        gap = pick_top<T>(pick.data(), group_score.data(), nullptr, G, spec.topk_group);
+        std::sort(pick.begin(), pick.begin() + spec.topk_group);  // candidates in expert order
+        int n_cand = 0;
+        for (int j = 0; j < spec.topk_group; ++j)
+          for (int e = pick[j] * per_group; e < (pick[j] + 1) * per_group; ++e) {
+            cand[n_cand] = e;
+            val[n_cand++] = biased[e];
+          }
+        gap = std::min(gap, pick_top<T>(out, val.data(), cand.data(), n_cand, k));
+      } else {  // moge
+        const int k_per = k / G;
+        for (int g = 0; g < G; ++g) {
+          for (int j = 0; j < per_group; ++j) cand[j] = g * per_group + j;
+          gap = std::min(gap, pick_top<T>(out + g * k_per, biased.data() + g * per_group,
+                                          cand.data(), per_group, k_per));
+        }
+      }
+      if (margin) margin[n] = gap;
+    }
+  }
+}
+
+template <class T>
+void router_gates_forward(T* g, const T* s, const int32_t* idx, const T* router_scale, int64_t N,
+                          int64_t E, int k, bool norm_topk_prob, double scaling, const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* sr = s + n * E;
+    const int32_t* ir = idx + n * k;
+    T* gr = g + n * k;
+    T denom = 1;
+    if (norm_topk_prob) {
+      denom = 0;
+      for (int j = 0; j < k; ++j) denom += sr[ir[j]];
+      denom += T(1e-20);
+    }
+    for (int j = 0; j < k; ++j) {
+      gr[j] = sr[ir[j]] / denom * T(scaling);
+      if (router_scale) gr[j] *= router_scale[ir[j]];
+    }
+  }
+}
+
+template <class T>
+void router_gates_backward(T* ds, T* d_router_scale, const T* dg, const T* s, const int32_t* idx,
+                           const T* router_scale, int64_t N, int64_t E, int k,
+                           bool norm_topk_prob, double scaling, const Ctx& ctx) {
+  auto denom_of = [&](int64_t n) {
+    if (!norm_topk_prob) return T(1);
+    T d = 0;
+    for (int j = 0; j < k; ++j) d += s[n * E + idx[n * k + j]];
+    return d + T(1e-20);
+  };
+  const T c = T(scaling);
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* sr = s + n * E;
+    const int32_t* ir = idx + n * k;
+    const T* dgr = dg + n * k;
+    T* dsr = ds + n * E;
+    const T denom = denom_of(n);
+    // u_j: gradient w.r.t. the normalised score a_j / denom
+    T dot = 0;
+    for (int j = 0; j < k; ++j) {
+      T u = dgr[j] * c * (router_scale ? router_scale[ir[j]] : T(1));
+      dsr[ir[j]] += u / denom;
+      dot += u * sr[ir[j]];
+    }
+    if (norm_topk_prob)
+      for (int j = 0; j < k; ++j) dsr[ir[j]] -= dot / (denom * denom);
+  }
+  if (d_router_scale) {
+    column_reduce<T>(d_router_scale, N, E, ctx, [&](int64_t n, T* acc) {
+      const T denom = denom_of(n);
+      for (int j = 0; j < k; ++j) {
+        int32_t e = idx[n * k + j];
+        acc[e] += dg[n * k + j] * s[n * E + e] / denom * c;
+      }
+    });
+  }
+}
+
+#define UM_INSTANTIATE(T)                                                                      \
+  template void router_scores_forward<T>(T*, const T*, int64_t, int64_t, ScoreFunc,            \
+                                         const Ctx&);                                          \
+  template void router_scores_backward<T>(T*, const T*, const T*, int64_t, int64_t, ScoreFunc, \
+                                          const Ctx&);                                         \
+  template void router_topk<T>(int32_t*, T*, const T*, const T*, int64_t, int64_t,             \
+                               const TopkSpec&, const Ctx&);                                   \
+  template void router_gates_forward<T>(T*, const T*, const int32_t*, const T*, int64_t,       \
+                                        int64_t, int, bool, double, const Ctx&);               \
+  template void router_gates_backward<T>(T*, T*, const T*, const T*, const int32_t*, const T*, \
+                                         int64_t, int64_t, int, bool, double, const Ctx&);
+UM_INSTANTIATE(float)
+UM_INSTANTIATE(double)
+#undef UM_INSTANTIATE
+
+}  // namespace um

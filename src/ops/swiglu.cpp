@@ -1,0 +1,43 @@
+#include "ops/swiglu.h"
+
+#include <cmath>
+
+namespace um {
+
+template <class T>
+void swiglu_forward(T* h, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* g = gu + n * 2 * F;
+    const T* u = g + F;
+    T* hr = h + n * F;
+    for (int64_t f = 0; f < F; ++f) hr[f] = g[f] / (T(1) + std::exp(-g[f])) * u[f];
+  }
+}
+
+template <class T>
+void swiglu_backward(T* dgu, const T* dh, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* g = gu + n * 2 * F;
+    const T* u = g + F;
+    const T* dhr = dh + n * F;
+    T* dg = dgu + n * 2 * F;
+    T* du = dg + F;
+    for (int64_t f = 0; f < F; ++f) {
+      T sig = T(1) / (T(1) + std::exp(-g[f]));
+      T silu = g[f] * sig;
+      dg[f] = dhr[f] * u[f] * sig * (T(1) + g[f] * (T(1) - sig));
+      du[f] = dhr[f] * silu;
+    }
+  }
+}
+
+#define UM_INSTANTIATE(T)                                                          \
+  template void swiglu_forward<T>(T*, const T*, int64_t, int64_t, const Ctx&);     \
+  template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t, const Ctx&);
+UM_INSTANTIATE(float)
+UM_INSTANTIATE(double)
+#undef UM_INSTANTIATE
+
+}  // namespace um

@@ -1,0 +1,57 @@
+// ultramoe: train, post-train and run sparse Mixture-of-Experts language models.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+
+#include "commands.h"
+#include "core/error.h"
+
+namespace um::cli {
+
+static const Command kCommands[] = {
+    {"inspect", "print a model's configuration and parameter counts", cmd_inspect},
+};
+
+bool wants_help(const Args& args, const char* usage) {
+  for (const auto& a : args)
+    if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      return true;
+    }
+  return false;
+}
+
+static void print_usage() {
+  std::printf("ultramoe %s — sparse Mixture-of-Experts training\n\n", ULTRAMOE_VERSION);
+  std::printf("usage: ultramoe <command> [options]   (ultramoe <command> --help for details)\n\n");
+  std::printf("commands:\n");
+  for (const Command& c : kCommands) std::printf("  %-10s %s\n", c.name, c.summary);
+}
+
+static int dispatch(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    print_usage();
+    return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::printf("ultramoe %s\n", ULTRAMOE_VERSION);
+    return 0;
+  }
+  for (const Command& c : kCommands)
+    if (!std::strcmp(argv[1], c.name)) return c.run(Args(argv + 2, argv + argc));
+  fail("cli", "unknown command '", argv[1], "' (run `ultramoe --help` for the list)");
+}
+
+}  // namespace um::cli
+
+int main(int argc, char** argv) {
+  try {
+    return um::cli::dispatch(argc, argv);
+  } catch (const um::Error& e) {
+    std::fprintf(stderr, "ultramoe: error: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ultramoe: error: %s\n", e.what());
+  }
+  return 1;
+}
