@@ -12,7 +12,6 @@ Usage: python3 tests/reference/make_goldens.py [--out tests/golden] [--only NAME
 import argparse
 import copy
 import json
-import math
 import random
 import sys
 import time

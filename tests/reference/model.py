@@ -13,8 +13,8 @@ token, F expert width, V vocab, N tokens of one layer in one forward (B*T_layer)
 """
 import hashlib
 import math
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -177,7 +177,7 @@ class Routing:
     s: torch.Tensor            # (N, E) scores (grad)
     selected: torch.Tensor     # (N, E) bool, biased selection before drops
     n_dropped: int             # (token, expert) pairs dropped by capacity
-    margin: float              # smallest selection gap (see routing_margins), inf if none
+    margin: float              # smallest gap deciding a selection (README), inf if none
 
 
 def topk_lower_index(v, k):
@@ -379,11 +379,11 @@ class MTPLayer(DecoderLayer):
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig, dtype):
         super().__init__()
-        L, D = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
+        L, n_mtp = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(
             [DecoderLayer(cfg, i, dtype) for i in range(L)] +
-            [MTPLayer(cfg, i, dtype) for i in range(L, L + D)])
+            [MTPLayer(cfg, i, dtype) for i in range(L, L + n_mtp)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
 
@@ -419,7 +419,7 @@ class UltramoeModel(nn.Module):
         training-only capacity mode with this forward as one rank's micro-batch."""
         cfg = self.cfg
         L, n_mtp = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
-        B, T = tokens.shape[0], tokens.shape[1] - 1
+        T = tokens.shape[1] - 1
         layout = window_layout(tokens, n_mtp)
         cos, sin = rope_cos_sin(layout.pos, cfg.qk_rope_head_dim, cfg.rope_theta, self.dtype)
         mask = attention_mask(layout.doc, T)
@@ -560,7 +560,6 @@ def balance_terms(routing: Routing, cfg: ModelConfig, n_seq, tokens_per_seq, poo
 
 def micro_batch_loss(out: ForwardOut, tokens, counts: StepCounts, cfg: ModelConfig,
                      mtp_lambda, balance_alpha, z_loss_coef):
-    T = tokens.shape[1] - 1
     n_seq = tokens.shape[0]
     zero = out.logits.new_zeros(())
     layout = out.layout
