@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config git
           libopenblas-openmp-dev libopenmpi-dev openmpi-bin
-          nlohmann-json3-dev libsentencepiece-dev
+          nlohmann-json3-dev libsentencepiece-dev libssl-dev
           libgtest-dev libgmock-dev libbenchmark-dev)
 for arg in "$@"; do
   case "$arg" in
