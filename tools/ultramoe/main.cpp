@@ -9,6 +9,7 @@
 namespace um::cli {
 
 static const Command kCommands[] = {
+    {"data", "prepare text into a tokenizer and token shards", cmd_data},
     {"inspect", "print a model's configuration and parameter counts", cmd_inspect},
 };
 
