@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 
@@ -48,6 +49,11 @@ struct Ctx {
   Workspace* workspace = nullptr;
 
   static Ctx cpu(Workspace* ws);  // n_threads = the OpenMP maximum
+
+  // Threads for a loop over `work` elements: one below kMinParallelWork, where waking a team
+  // costs more than the loop (and hurts badly when the cores are shared).
+  static constexpr int64_t kMinParallelWork = 1 << 15;
+  int threads_for(int64_t work) const { return work < kMinParallelWork ? 1 : n_threads; }
 
   template <class T>
   T* scratch(size_t n) const {

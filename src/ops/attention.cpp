@@ -65,7 +65,7 @@ void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, const i
   const int64_t ldqk = static_cast<int64_t>(H) * dqk, ldv = static_cast<int64_t>(H) * dv;
   const int64_t n_tasks = n_seg * H;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx.threads_for(n_tasks * T_len * (dqk + dv)))
   for (int64_t task = 0; task < n_tasks; ++task) {
     const Segment sg = segs[task / H];
     const int h = static_cast<int>(task % H);
@@ -110,7 +110,7 @@ void attention_backward(T* dq, T* dk, T* dv_out, const T* d_o, const T* o, const
   const int64_t ldqk = static_cast<int64_t>(H) * dqk, ldv = static_cast<int64_t>(H) * dv;
   const int64_t n_tasks = n_seg * H;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx.threads_for(n_tasks * T_len * (dqk + dv)))
   for (int64_t task = 0; task < n_tasks; ++task) {
     const Segment sg = segs[task / H];
     const int h = static_cast<int>(task % H);

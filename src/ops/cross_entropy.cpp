@@ -32,7 +32,7 @@ double lm_head_cross_entropy(T* dh, T* dW, T* logits_out, int32_t* argmax_out, c
     gemm<T>(false, true, nc, V, D, T(1), h + n0 * D, D, W, D, T(0), logits, V);
     if (logits_out) std::memcpy(logits_out + n0 * V, logits, sizeof(T) * nc * V);
 
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(nc * V))
     for (int64_t r = 0; r < nc; ++r) {
       T* row = logits + r * V;
       const int32_t tgt = targets[n0 + r];

@@ -12,7 +12,7 @@ void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, const AdamWHyper& h, 
   const T decay = T(1.0 - h.lr * h.weight_decay);
   const T b1 = T(h.beta1), b2 = T(h.beta2), step_size = T(h.lr / bc1);
   const T sqrt_bc2 = T(std::sqrt(bc2)), eps = T(h.eps);
-#pragma omp parallel for simd schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for simd schedule(static) num_threads(ctx.threads_for(n))
   for (int64_t i = 0; i < n; ++i) {
     T gi = g[i];
     T pi = p[i] * decay;
@@ -29,7 +29,7 @@ double sum_squares(const T* g, int64_t n, const Ctx& ctx) {
   constexpr int64_t kBlock = 1 << 14;
   const int64_t n_blocks = (n + kBlock - 1) / kBlock;
   double* partial = ctx.scratch<double>(static_cast<size_t>(std::max<int64_t>(n_blocks, 1)));
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n))
   for (int64_t b = 0; b < n_blocks; ++b) {
     double s = 0;
     const int64_t end = std::min(n, (b + 1) * kBlock);
@@ -44,7 +44,7 @@ double sum_squares(const T* g, int64_t n, const Ctx& ctx) {
 template <class T>
 void scale_inplace(T* g, int64_t n, double c, const Ctx& ctx) {
   const T cc = T(c);
-#pragma omp parallel for simd schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for simd schedule(static) num_threads(ctx.threads_for(n))
   for (int64_t i = 0; i < n; ++i) g[i] *= cc;
 }
 

@@ -31,7 +31,7 @@ int64_t routing_permutation(int32_t* offsets, int32_t* row_pair, int32_t* pair_r
 template <class T>
 void permute_rows_forward(T* xp, const T* x, const int32_t* row_pair, int64_t R, int K, int64_t D,
                           const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(R * D))
   for (int64_t r = 0; r < R; ++r)
     std::memcpy(xp + r * D, x + static_cast<int64_t>(row_pair[r] / K) * D, sizeof(T) * D);
 }
@@ -39,7 +39,7 @@ void permute_rows_forward(T* xp, const T* x, const int32_t* row_pair, int64_t R,
 template <class T>
 void permute_rows_backward(T* dx, const T* dxp, const int32_t* pair_row, int64_t N, int K,
                            int64_t D, bool accumulate, const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * K * D))
   for (int64_t t = 0; t < N; ++t) {
     T* out = dx + t * D;
     if (!accumulate) std::fill(out, out + D, T(0));
@@ -55,7 +55,7 @@ void permute_rows_backward(T* dx, const T* dxp, const int32_t* pair_row, int64_t
 template <class T>
 void combine_rows_forward(T* y, const T* yp, const T* gate, const int32_t* pair_row, int64_t N,
                           int K, int64_t D, bool accumulate, const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * K * D))
   for (int64_t t = 0; t < N; ++t) {
     T* out = y + t * D;
     if (!accumulate) std::fill(out, out + D, T(0));
@@ -72,7 +72,7 @@ void combine_rows_forward(T* y, const T* yp, const T* gate, const int32_t* pair_
 template <class T>
 void combine_rows_backward(T* dyp, T* dgate, const T* dy, const T* yp, const T* gate,
                            const int32_t* pair_row, int64_t N, int K, int64_t D, const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * K * D))
   for (int64_t t = 0; t < N; ++t) {
     const T* g_out = dy + t * D;
     for (int j = 0; j < K; ++j) {

@@ -23,14 +23,14 @@ void column_reduce(T* out, int64_t N, int64_t D, const Ctx& ctx, AddRow add_row)
     return;
   }
   T* partial = ctx.scratch<T>(static_cast<size_t>(n_blocks * D));
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * D))
   for (int64_t b = 0; b < n_blocks; ++b) {
     T* acc = partial + b * D;
     std::fill(acc, acc + D, T(0));
     int64_t end = std::min(N, (b + 1) * kRowBlock);
     for (int64_t n = b * kRowBlock; n < end; ++n) add_row(n, acc);
   }
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n_blocks * D))
   for (int64_t d = 0; d < D; ++d) {
     T s = 0;
     for (int64_t b = 0; b < n_blocks; ++b) s += partial[b * D + d];

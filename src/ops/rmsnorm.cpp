@@ -9,7 +9,7 @@ namespace um {
 template <class T>
 void rmsnorm_forward(T* y, int64_t ldy, T* rstd, const T* x, int64_t ldx, const T* g, int64_t N,
                      int64_t D, double eps, const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * D))
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + n * ldx;
     T* yr = y + n * ldy;
@@ -26,7 +26,7 @@ void rmsnorm_backward(T* dx, int64_t lddx, T* dg, const T* dy, int64_t lddy, con
                       int64_t ldx, const T* g, const T* rstd, int64_t N, int64_t D,
                       bool accumulate_dx, const Ctx& ctx) {
   if (dx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * D))
     for (int64_t n = 0; n < N; ++n) {
       const T* xr = x + n * ldx;
       const T* dyr = dy + n * lddy;

@@ -22,7 +22,7 @@ template <class T>
 void rotate(T* y, const T* x, const int32_t* pos, const T* cos_tab, const T* sin_tab, int64_t N,
             int n_heads, int64_t ld, int64_t head_stride, int d, T sign, const Ctx& ctx) {
   int half = d / 2;
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * n_heads * d))
   for (int64_t n = 0; n < N; ++n) {
     const T* c = cos_tab + static_cast<int64_t>(pos[n]) * half;
     const T* s = sin_tab + static_cast<int64_t>(pos[n]) * half;

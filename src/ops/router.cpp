@@ -12,7 +12,7 @@ namespace um {
 template <class T>
 void router_scores_forward(T* s, const T* z, int64_t N, int64_t E, ScoreFunc func,
                            const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * E))
   for (int64_t n = 0; n < N; ++n) {
     const T* zr = z + n * E;
     T* sr = s + n * E;
@@ -29,7 +29,7 @@ void router_scores_forward(T* s, const T* z, int64_t N, int64_t E, ScoreFunc fun
 template <class T>
 void router_scores_backward(T* dz, const T* ds, const T* s, int64_t N, int64_t E, ScoreFunc func,
                             const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * E))
   for (int64_t n = 0; n < N; ++n) {
     const T* sr = s + n * E;
     const T* dsr = ds + n * E;
@@ -79,7 +79,7 @@ void router_topk(int32_t* idx, T* margin, const T* s, const T* bias, int64_t N, 
                  const TopkSpec& spec, const Ctx& ctx) {
   const int k = spec.k, G = spec.n_group;
   const int per_group = static_cast<int>(E / std::max(G, 1));
-#pragma omp parallel num_threads(ctx.n_threads)
+#pragma omp parallel num_threads(ctx.threads_for(N * E))
   {
     std::vector<T> biased(E), group_score(G), val(E);
     std::vector<int32_t> cand(E), pick(std::max<int64_t>(E, G));
@@ -124,7 +124,7 @@ void router_topk(int32_t* idx, T* margin, const T* s, const T* bias, int64_t N, 
 template <class T>
 void router_gates_forward(T* g, const T* s, const int32_t* idx, const T* router_scale, int64_t N,
                           int64_t E, int k, bool norm_topk_prob, double scaling, const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * k))
   for (int64_t n = 0; n < N; ++n) {
     const T* sr = s + n * E;
     const int32_t* ir = idx + n * k;
@@ -153,7 +153,7 @@ void router_gates_backward(T* ds, T* d_router_scale, const T* dg, const T* s, co
     return d + T(1e-20);
   };
   const T c = T(scaling);
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * E))
   for (int64_t n = 0; n < N; ++n) {
     const T* sr = s + n * E;
     const int32_t* ir = idx + n * k;

@@ -6,7 +6,7 @@ namespace um {
 
 template <class T>
 void swiglu_forward(T* h, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * F))
   for (int64_t n = 0; n < N; ++n) {
     const T* g = gu + n * 2 * F;
     const T* u = g + F;
@@ -17,7 +17,7 @@ void swiglu_forward(T* h, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
 
 template <class T>
 void swiglu_backward(T* dgu, const T* dh, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
-#pragma omp parallel for schedule(static) num_threads(ctx.n_threads)
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * F))
   for (int64_t n = 0; n < N; ++n) {
     const T* g = gu + n * 2 * F;
     const T* u = g + F;

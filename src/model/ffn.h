@@ -1,0 +1,111 @@
+// The feed-forward blocks (DESIGN 1.5): the dense SwiGLU MLP (first_k_dense_replace layers and
+// the shared experts) and the MoE block, decomposed Megatron-style:
+//   route (z, s, top-k, gates) -> [capacity] -> permute -> experts (grouped GEMM) -> combine
+// plus the balance statistics of DESIGN 1.6. One RoutingPlan (indices, gates, permutation) is
+// the only thing that flows from the router to dispatch, experts and combine.
+// This file is the single-process path: every expert is local and dispatch is the identity.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/ctx.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "ops/router.h"
+
+namespace um {
+
+// SwiGLU MLP: y = (silu(x Wg^T) * x Wu^T) Wd^T. gate_up is the offset of gate_proj, which the
+// parameter table places right before up_proj, so [gate; up] is one (2F, D) matrix.
+struct MlpParams {
+  int64_t gate_up = -1, down = -1, width = 0;
+  static MlpParams resolve(const ParamTable& t, const std::string& prefix, int64_t width);
+};
+
+template <class T>
+struct MlpActs {
+  T* gu = nullptr;  // (N, 2F)
+  T* h = nullptr;   // (N, F)
+  void alloc(Arena& a, int64_t N, int64_t F);
+};
+
+// y (N, D) = MLP(x), written or added.
+template <class T>
+void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const T* w, const MlpParams& p,
+                 int64_t N, int64_t D, const Ctx& ctx);
+// dx (N, D) written or added from dy.
+template <class T>
+void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x, const T* w,
+                  T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx);
+
+struct MoeParams {
+  int64_t router = -1, router_scale = -1;  // mlp.gate.weight (E, D), mlp.router_scale (E)
+  int64_t experts = -1;                    // gate_proj of the first local expert
+  int64_t bias = -1;                       // e_score_correction_bias, in the buffer array
+  MlpParams shared;                        // width 0 = no shared experts
+  static MoeParams resolve(const ParamTable& t, const ModelConfig& c, int layer);
+};
+
+// How one MoE forward routes and which loss terms it carries (DESIGN 1.5, 1.6).
+struct MoeOptions {
+  TopkSpec spec;
+  bool use_bias = false;         // aux-free bias in the selection
+  double capacity_factor = 0;    // 0 = dropless
+  int64_t pool_rows = 0;         // rows per balance pool in this micro-batch
+  double balance_coef = 0;       // alpha / (pools in the step); 0 = no balance loss
+  double z_coef = 0;             // beta_z / (tokens this layer sees in the step); 0 = off
+};
+
+// Statistics of one MoE forward (one layer, one micro-batch).
+struct MoeStats {
+  std::vector<int64_t> load;   // (E) tokens per expert, biased selection before drops
+  int64_t tokens = 0;          // rows routed
+  int64_t dropped = 0;         // capacity-dropped (token, expert) pairs
+  double balance = 0;          // sum over this micro-batch's pools of sum_i f_i P_i (local terms)
+  double z_sum = 0;            // sum over rows of logsumexp(z)^2
+  double entropy_sum = 0;      // sum over rows of the entropy of s'
+  double margin_min = std::numeric_limits<double>::infinity();  // smallest selection margin
+  void reset(int64_t E);
+};
+
+template <class T>
+struct MoeActs {
+  T* z = nullptr;            // (N, E) router logits
+  T* s = nullptr;            // (N, E) scores
+  int32_t* idx = nullptr;    // (N, K) selected experts
+  T* gate = nullptr;         // (N, K)
+  T* margin = nullptr;       // (N)
+  uint8_t* keep = nullptr;   // (N, K) capacity mode
+  int32_t* offsets = nullptr;   // (E + 1)
+  int32_t* row_pair = nullptr;  // (N*K)
+  int32_t* pair_row = nullptr;  // (N*K)
+  int64_t rows = 0;             // R, kept pairs
+  T* xp = nullptr;           // (R, D) permuted inputs
+  T* gu = nullptr;           // (R, 2F)
+  T* h = nullptr;            // (R, F)
+  T* yp = nullptr;           // (R, D)
+  T* fpool = nullptr;        // (pools, E) f_i(S) of this micro-batch's pools
+  MlpActs<T> shared;
+  void alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools);
+};
+
+// y (N, D) = MoE(x), written.
+template <class T>
+void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, const T* buffers,
+                 const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
+                 const Ctx& ctx);
+
+// dx (N, D) written from dy; gradients accumulate into g.
+template <class T>
+void moe_backward(T* dx, const T* dy, const MoeActs<T>& a, const T* x, const T* w, T* g,
+                  const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
+                  Arena& scratch, const Ctx& ctx);
+
+// Capacity of one expert (DESIGN 1.5, 1.10): ceil(cf * tokens * K / E - 1e-9), in double.
+int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t K, int64_t E);
+
+}  // namespace um

@@ -1,0 +1,441 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+
+namespace um {
+
+const char* balance_scope_name(BalanceScope s) {
+  switch (s) {
+    case BalanceScope::sequence: return "sequence";
+    case BalanceScope::micro_batch: return "micro_batch";
+    case BalanceScope::ep_group: return "ep_group";
+    case BalanceScope::global: return "global";
+  }
+  return "?";
+}
+
+BalanceScope parse_balance_scope(const std::string& s) {
+  for (BalanceScope b : {BalanceScope::sequence, BalanceScope::micro_batch, BalanceScope::ep_group,
+                         BalanceScope::global})
+    if (s == balance_scope_name(b)) return b;
+  fail("config", "train.balance_scope: expected sequence, micro_batch, ep_group or global, got \"",
+       s, "\"");
+}
+
+namespace {
+
+// --- one decoder layer (DESIGN 1.2) ------------------------------------------------------------
+
+struct LayerParams {
+  int index = 0;
+  bool moe = false;
+  int64_t in_norm = -1, post_attn_norm = -1, pre_ffn_norm = -1, post_ffn_norm = -1;
+  MlaParams attn;
+  MlpParams dense;
+  MoeParams moe_p;
+
+  static LayerParams resolve(const ParamTable& t, const ModelConfig& c, int layer) {
+    const std::string pre = "model.layers." + std::to_string(layer) + ".";
+    LayerParams p;
+    p.index = layer;
+    p.moe = c.is_moe_layer(layer);
+    p.in_norm = t.at(pre + "input_layernorm.weight").offset;
+    if (c.sandwich_norm) {
+      p.post_attn_norm = t.at(pre + "post_attention_layernorm.weight").offset;
+      p.pre_ffn_norm = t.at(pre + "pre_mlp_layernorm.weight").offset;
+      p.post_ffn_norm = t.at(pre + "post_mlp_layernorm.weight").offset;
+    } else {
+      p.pre_ffn_norm = t.at(pre + "post_attention_layernorm.weight").offset;  // HF naming
+    }
+    p.attn = MlaParams::resolve(t, pre);
+    if (p.moe) p.moe_p = MoeParams::resolve(t, c, layer);
+    else p.dense = MlpParams::resolve(t, pre + "mlp.", c.intermediate_size);
+    return p;
+  }
+};
+
+template <class T>
+struct LayerActs {
+  T* a_n = nullptr;       // (N, D) input_layernorm output
+  T* rstd_in = nullptr;   // (N)
+  MlaActs<T> attn;
+  T* att = nullptr;       // (N, D) attention output
+  T* rstd_pa = nullptr;   // (N) post-attention norm (sandwich)
+  T* x_mid = nullptr;     // (N, D) residual after attention
+  T* f_n = nullptr;       // (N, D) pre-FFN norm output
+  T* rstd_pre = nullptr;  // (N)
+  MlpActs<T> mlp;
+  MoeActs<T> moe;
+  T* ffn = nullptr;       // (N, D) FFN output
+  T* rstd_pf = nullptr;   // (N) post-FFN norm (sandwich)
+
+  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe) {
+    const int64_t N = B * T_, D = c.hidden_size;
+    a_n = a.alloc<T>(N * D);
+    rstd_in = a.alloc<T>(N);
+    attn.alloc(a, c, B, T_);
+    att = a.alloc<T>(N * D);
+    rstd_pa = a.alloc<T>(N);
+    x_mid = a.alloc<T>(N * D);
+    f_n = a.alloc<T>(N * D);
+    rstd_pre = a.alloc<T>(N);
+    if (is_moe) moe.alloc(a, c, N, B);
+    else mlp.alloc(a, N, c.intermediate_size);
+    ffn = a.alloc<T>(N * D);
+    rstd_pf = a.alloc<T>(N);
+  }
+};
+
+template <class T>
+void add_inplace(T* y, const T* x, int64_t n, const Ctx& ctx) {
+#pragma omp parallel for simd schedule(static) num_threads(ctx.threads_for(n))
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+template <class T>
+void layer_forward(T* x_out, const T* x_in, LayerActs<T>& a, MoeStats* st, const LayerParams& p,
+                   const T* w, const T* buf, const ModelConfig& c, const SeqView& seq,
+                   const RopeTables<T>& rope, const MoeOptions& mo, const Ctx& ctx) {
+  const int64_t N = seq.rows(), D = c.hidden_size;
+  const double eps = c.rms_norm_eps;
+  rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, w + p.in_norm, N, D, eps, ctx);
+  mla_forward<T>(a.att, a.attn, a.a_n, w, p.attn, c, seq, rope, ctx);
+  if (c.sandwich_norm) {  // x_mid = x_in + RMSNorm_post_attn(att)
+    rmsnorm_forward<T>(a.x_mid, D, a.rstd_pa, a.att, D, w + p.post_attn_norm, N, D, eps, ctx);
+    add_inplace<T>(a.x_mid, x_in, N * D, ctx);
+  } else {
+    std::memcpy(a.x_mid, x_in, sizeof(T) * N * D);
+    add_inplace<T>(a.x_mid, a.att, N * D, ctx);
+  }
+  rmsnorm_forward<T>(a.f_n, D, a.rstd_pre, a.x_mid, D, w + p.pre_ffn_norm, N, D, eps, ctx);
+  if (p.moe) moe_forward<T>(a.ffn, a.moe, *st, a.f_n, w, buf, p.moe_p, c, mo, N, ctx);
+  else mlp_forward<T>(a.ffn, false, a.mlp, a.f_n, w, p.dense, N, D, ctx);
+  if (c.sandwich_norm) {
+    rmsnorm_forward<T>(x_out, D, a.rstd_pf, a.ffn, D, w + p.post_ffn_norm, N, D, eps, ctx);
+    add_inplace<T>(x_out, a.x_mid, N * D, ctx);
+  } else {
+    std::memcpy(x_out, a.x_mid, sizeof(T) * N * D);
+    add_inplace<T>(x_out, a.ffn, N * D, ctx);
+  }
+}
+
+// dres: in, the gradient of the layer output; out, the gradient of its input (residual stream).
+template <class T>
+void layer_backward(T* dres, const T* x_in, const LayerActs<T>& a, const LayerParams& p,
+                    const T* w, T* g, const ModelConfig& c, const SeqView& seq,
+                    const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch,
+                    const Ctx& ctx) {
+  const int64_t N = seq.rows(), D = c.hidden_size;
+  const size_t mark = scratch.mark();
+  T* d_fn = scratch.alloc<T>(N * D);
+  T* d_an = scratch.alloc<T>(N * D);
+
+  const T* d_ffn = dres;
+  if (c.sandwich_norm) {
+    T* d = scratch.alloc<T>(N * D);
+    rmsnorm_backward<T>(d, D, g + p.post_ffn_norm, dres, D, a.ffn, D, w + p.post_ffn_norm,
+                        a.rstd_pf, N, D, false, ctx);
+    d_ffn = d;
+  }
+  if (p.moe) moe_backward<T>(d_fn, d_ffn, a.moe, a.f_n, w, g, p.moe_p, c, mo, N, scratch, ctx);
+  else mlp_backward<T>(d_fn, false, d_ffn, a.mlp, a.f_n, w, g, p.dense, N, D, scratch, ctx);
+  // dres becomes d x_mid
+  rmsnorm_backward<T>(dres, D, g + p.pre_ffn_norm, d_fn, D, a.x_mid, D, w + p.pre_ffn_norm,
+                      a.rstd_pre, N, D, true, ctx);
+
+  const T* d_att = dres;
+  if (c.sandwich_norm) {
+    T* d = scratch.alloc<T>(N * D);
+    rmsnorm_backward<T>(d, D, g + p.post_attn_norm, dres, D, a.att, D, w + p.post_attn_norm,
+                        a.rstd_pa, N, D, false, ctx);
+    d_att = d;
+  }
+  mla_backward<T>(d_an, d_att, a.attn, a.a_n, w, g, p.attn, c, seq, rope, scratch, ctx);
+  // dres becomes d x_in
+  rmsnorm_backward<T>(dres, D, g + p.in_norm, d_an, D, x_in, D, w + p.in_norm, a.rstd_in, N, D,
+                      true, ctx);
+  scratch.release(mark);
+}
+
+// Upper bound of the scratch memory one backward needs, in elements of T (layer temporaries,
+// the larger of the attention and FFN temporaries, and the MTP temporaries).
+int64_t backward_scratch_elements(const ModelConfig& c, int64_t N) {
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, dqk = c.qk_head_dim(),
+                dv = c.v_head_dim, nope = c.qk_nope_head_dim, kvw = c.kv_lora_rank + c.qk_rope_head_dim;
+  const int64_t mla = N * (H * dv * 2 + H * dqk * 2 + H * (nope + dv) + kvw + c.kv_lora_rank +
+                           2 * c.q_lora_rank);
+  const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts, F = c.moe_intermediate_size,
+                R = N * K;
+  const int64_t mlp = N * 3 * std::max<int64_t>(c.intermediate_size, c.shared_width());
+  const int64_t moe = R * D * 2 + N * K + R * F * 3 + N * E * 2 + mlp;
+  const int64_t layer = 4 * N * D + std::max({mla, moe, mlp});
+  const int64_t top = N * D * 6;  // main dres + MTP dres, dcat (2D), d emb, d hprev
+  return top + layer + 64 * 64;   // + alignment slack
+}
+
+}  // namespace
+
+// --- the model -----------------------------------------------------------------------------------
+
+template <class T>
+struct MtpActs {
+  T* emb = nullptr;     // (Nk, D) embedding of x_{i+k}
+  T* cat = nullptr;     // (Nk, 2D) [enorm(emb) ; hnorm(h_prev)]
+  T* hprev = nullptr;   // (Nk, D) rows i < T-k of h^{k-1}
+  T* rstd_e = nullptr;
+  T* rstd_h = nullptr;
+  T* h_in = nullptr;    // (Nk, D) eh_proj output, the layer input
+  T* h_out = nullptr;   // (Nk, D) layer output
+  T* hn = nullptr;      // (Nk, D) shared_head.norm output
+  T* rstd_n = nullptr;
+  T* dhn = nullptr;     // (Nk, D) gradient of hn
+  LayerActs<T> layer;
+};
+
+template <class T>
+struct Model<T>::Impl {
+  const ModelConfig& c;
+  std::vector<LayerParams> layers;  // main then MTP
+  int64_t embed = -1, final_norm = -1, head = -1;
+  struct MtpP { int64_t enorm, hnorm, eh_proj, head_norm; };
+  std::vector<MtpP> mtp_p;
+
+  Arena acts, scratch;
+  std::vector<T*> res;                // L+1 residual streams (N, D)
+  std::vector<LayerActs<T>> lacts;    // main layers
+  T* h0 = nullptr;                    // (N, D) final-norm output
+  T* rstd_final = nullptr;
+  T* dh0 = nullptr;                   // (N, D) gradient of h0
+  std::vector<MtpActs<T>> mtp;
+  std::vector<T> rope_cos, rope_sin;
+  WindowBatch wb;
+
+  Impl(const ModelConfig& cfg, const ParamTable& t) : c(cfg) {
+    const int L = int(c.num_hidden_layers);
+    for (int l = 0; l < c.n_layers_total(); ++l) layers.push_back(LayerParams::resolve(t, c, l));
+    embed = t.at("model.embed_tokens.weight").offset;
+    final_norm = t.at("model.norm.weight").offset;
+    head = c.tie_word_embeddings ? embed : t.at("lm_head.weight").offset;
+    for (int k = 1; k <= c.num_nextn_predict_layers; ++k) {
+      const std::string pre = "model.layers." + std::to_string(L + k - 1) + ".";
+      mtp_p.push_back({t.at(pre + "enorm.weight").offset, t.at(pre + "hnorm.weight").offset,
+                       t.at(pre + "eh_proj.weight").offset,
+                       t.at(pre + "shared_head.norm.weight").offset});
+    }
+  }
+
+  void layout(Arena& a, int64_t B, int64_t T_) {
+    const int64_t N = B * T_, D = c.hidden_size, L = c.num_hidden_layers;
+    res.assign(L + 1, nullptr);
+    for (auto& r : res) r = a.alloc<T>(N * D);
+    lacts.assign(L, LayerActs<T>{});
+    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l));
+    h0 = a.alloc<T>(N * D);
+    rstd_final = a.alloc<T>(N);
+    dh0 = a.alloc<T>(N * D);
+    mtp.assign(c.num_nextn_predict_layers, MtpActs<T>{});
+    for (int64_t k = 1; k <= c.num_nextn_predict_layers; ++k) {
+      const int64_t Tk = std::max<int64_t>(T_ - k, 0), Nk = B * Tk;
+      MtpActs<T>& m = mtp[k - 1];
+      m.emb = a.alloc<T>(Nk * D);
+      m.cat = a.alloc<T>(Nk * 2 * D);
+      m.hprev = a.alloc<T>(Nk * D);
+      m.rstd_e = a.alloc<T>(Nk);
+      m.rstd_h = a.alloc<T>(Nk);
+      m.h_in = a.alloc<T>(Nk * D);
+      m.h_out = a.alloc<T>(Nk * D);
+      m.hn = a.alloc<T>(Nk * D);
+      m.rstd_n = a.alloc<T>(Nk);
+      m.dhn = a.alloc<T>(Nk * D);
+      m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1));
+    }
+  }
+};
+
+template <class T>
+Model<T>::Model(const ModelConfig& c, const ParamTable& table, const ModelOptions& opt)
+    : cfg_(c), opt_(opt) {
+  UM_CHECK(opt.seq_len >= 1, "model", "seq_len must be >= 1, got ", opt.seq_len);
+  UM_CHECK(opt.seq_len <= c.max_position_embeddings, "model", "seq_len ", opt.seq_len,
+           " exceeds max_position_embeddings ", c.max_position_embeddings);
+  UM_CHECK(opt.micro_batch >= 1, "model", "micro_batch must be >= 1, got ", opt.micro_batch);
+  UM_CHECK(table.n_local_experts == c.n_routed_experts, "model",
+           "this model path holds every expert locally; the table has ", table.n_local_experts,
+           " of ", c.n_routed_experts);
+  for (int l = 0; l < c.n_layers_total(); ++l)
+    if (c.is_moe_layer(l)) moe_layers_.push_back(l);
+  impl_ = std::make_unique<Impl>(cfg_, table);
+  Arena probe = Arena::counting();
+  impl_->layout(probe, opt.micro_batch, opt.seq_len);
+  impl_->acts = Arena(probe.used());
+  impl_->layout(impl_->acts, opt.micro_batch, opt.seq_len);
+  impl_->scratch = Arena(sizeof(T) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len));
+  const int64_t half = c.qk_rope_head_dim / 2;
+  impl_->rope_cos.resize(opt.seq_len * half);
+  impl_->rope_sin.resize(opt.seq_len * half);
+  rope_tables<T>(impl_->rope_cos.data(), impl_->rope_sin.data(), opt.seq_len,
+                 int(c.qk_rope_head_dim), c.rope_theta);
+}
+
+template <class T>
+Model<T>::~Model() = default;
+
+template <class T>
+int64_t Model<T>::bias_offset(size_t i) const {
+  return impl_->layers[moe_layers_.at(i)].moe_p.bias;
+}
+
+template <class T>
+size_t Model<T>::activation_bytes() const {
+  return impl_->acts.capacity() + impl_->scratch.capacity();
+}
+
+template <class T>
+MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
+                                       const StepScales& sc, bool backward, const Ctx& ctx,
+                                       Capture<T>* cap) {
+  Impl& m = *impl_;
+  const ModelConfig& c = cfg_;
+  const int64_t T_ = opt_.seq_len, D = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers,
+                depth = c.num_nextn_predict_layers;
+  UM_CHECK(B >= 1 && B <= opt_.micro_batch, "model", "micro-batch of ", B,
+           " sequences; the model was sized for at most ", opt_.micro_batch);
+  UM_CHECK(int64_t(sc.n_mtp.size()) >= depth, "model", "StepScales has ", sc.n_mtp.size(),
+           " MTP counts, the model has depth ", depth);
+  build_window_batch(m.wb, windows, B, T_, depth, V);
+  const T* w = ps.w.data();
+  T* g = backward ? ps.g.data() : nullptr;
+  const T* buf = ps.buf.data();
+  const RopeTables<T> rope{m.rope_cos.data(), m.rope_sin.data()};
+  const int64_t N = B * T_;
+
+  MicroResult r;
+  r.ce_mtp.assign(depth, 0.0);
+  r.moe.resize(moe_layers_.size());
+  auto moe_options = [&](int64_t rows_per_seq) {
+    MoeOptions o;
+    o.spec = {c.topk_method, int(c.num_experts_per_tok), int(c.n_group), int(c.topk_group)};
+    o.use_bias = opt_.aux_free || c.aux_free_bias;
+    o.capacity_factor = backward ? opt_.capacity_factor : 0.0;  // inference is always dropless
+    o.pool_rows = opt_.balance_scope == BalanceScope::sequence ? rows_per_seq : B * rows_per_seq;
+    o.balance_coef = sc.balance_alpha / sc.n_pools;
+    o.z_coef = sc.z_coef / double(sc.n_sequences * rows_per_seq);
+    return o;
+  };
+  auto stats_for = [&](int layer) -> MoeStats* {
+    for (size_t i = 0; i < moe_layers_.size(); ++i)
+      if (moe_layers_[i] == layer) return &r.moe[i];
+    return nullptr;
+  };
+  if (cap) {
+    cap->hidden.assign(L + depth, {});
+    cap->mtp_logits.assign(depth, {});
+  }
+
+  // ---- forward: main model ----
+  const SeqView main_seq{B, T_, m.wb.main.pos.data(), m.wb.main.seg_start.data()};
+  const MoeOptions main_mo = moe_options(T_);
+  embedding_forward<T>(m.res[0], m.wb.main.ids.data(), w + m.embed, N, D, ctx);
+  for (int64_t l = 0; l < L; ++l) {
+    layer_forward<T>(m.res[l + 1], m.res[l], m.lacts[l], stats_for(int(l)), m.layers[l], w, buf,
+                     c, main_seq, rope, main_mo, ctx);
+    if (cap) cap->hidden[l].assign(m.res[l + 1], m.res[l + 1] + N * D);
+  }
+  rmsnorm_forward<T>(m.h0, D, m.rstd_final, m.res[L], D, w + m.final_norm, N, D, c.rms_norm_eps, ctx);
+  if (cap) {
+    cap->hidden_norm.assign(m.h0, m.h0 + N * D);
+    cap->logits.resize(N * V);
+  }
+  r.ce_main = lm_head_cross_entropy<T>(backward ? m.dh0 : nullptr, backward ? g + m.head : nullptr,
+                                       cap ? cap->logits.data() : nullptr, nullptr, m.h0, w + m.head,
+                                       m.wb.main.targets.data(), N, D, V, 1.0 / sc.n_main, ctx);
+
+  // ---- forward: MTP modules (DESIGN 1.7) ----
+  for (int64_t k = 1; k <= depth; ++k) {
+    MtpActs<T>& a = m.mtp[k - 1];
+    const auto& mp = m.mtp_p[k - 1];
+    const SeqRows& rows = m.wb.mtp[k - 1];
+    const int64_t Tk = rows.T, Nk = rows.rows();
+    if (Nk == 0) continue;
+    const SeqView seq{B, Tk, rows.pos.data(), rows.seg_start.data()};
+    // h_prev: the main final-norm output (k = 1) or module k-1's head-norm output, rows i < T-k
+    const T* src = k == 1 ? m.h0 : m.mtp[k - 2].hn;
+    const int64_t T_src = Tk + 1;
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(a.hprev + b * Tk * D, src + b * T_src * D, sizeof(T) * Tk * D);
+    embedding_forward<T>(a.emb, rows.ids.data(), w + m.embed, Nk, D, ctx);
+    rmsnorm_forward<T>(a.cat, 2 * D, a.rstd_e, a.emb, D, w + mp.enorm, Nk, D, c.rms_norm_eps, ctx);
+    rmsnorm_forward<T>(a.cat + D, 2 * D, a.rstd_h, a.hprev, D, w + mp.hnorm, Nk, D, c.rms_norm_eps, ctx);
+    linear_forward<T>(a.h_in, D, a.cat, 2 * D, w + mp.eh_proj, Nk, 2 * D, D, ctx);
+    const int layer = int(L + k - 1);
+    layer_forward<T>(a.h_out, a.h_in, a.layer, stats_for(layer), m.layers[layer], w, buf, c, seq,
+                     rope, moe_options(Tk), ctx);
+    rmsnorm_forward<T>(a.hn, D, a.rstd_n, a.h_out, D, w + mp.head_norm, Nk, D, c.rms_norm_eps, ctx);
+    if (cap) {
+      cap->hidden[layer].assign(a.h_out, a.h_out + Nk * D);
+      cap->mtp_logits[k - 1].resize(Nk * V);
+    }
+    const double weight = sc.mtp_lambda / double(depth) / std::max(sc.n_mtp[k - 1], 1.0);
+    r.ce_mtp[k - 1] = lm_head_cross_entropy<T>(
+        backward ? a.dhn : nullptr, backward ? g + m.head : nullptr,
+        cap ? cap->mtp_logits[k - 1].data() : nullptr, nullptr, a.hn, w + m.head,
+        rows.targets.data(), Nk, D, V, weight, ctx);
+  }
+  if (!backward) return r;
+
+  // ---- backward: MTP modules, last first; each hands a gradient to the one before ----
+  Arena& s = m.scratch;
+  for (int64_t k = depth; k >= 1; --k) {
+    MtpActs<T>& a = m.mtp[k - 1];
+    const auto& mp = m.mtp_p[k - 1];
+    const SeqRows& rows = m.wb.mtp[k - 1];
+    const int64_t Tk = rows.T, Nk = rows.rows();
+    if (Nk == 0) continue;
+    const SeqView seq{B, Tk, rows.pos.data(), rows.seg_start.data()};
+    const size_t mark = s.mark();
+    T* dres = s.alloc<T>(Nk * D);
+    T* dcat = s.alloc<T>(Nk * 2 * D);
+    T* demb = s.alloc<T>(Nk * D);
+    T* dprev = s.alloc<T>(Nk * D);
+    rmsnorm_backward<T>(dres, D, g + mp.head_norm, a.dhn, D, a.h_out, D, w + mp.head_norm,
+                        a.rstd_n, Nk, D, false, ctx);
+    const int layer = int(L + k - 1);
+    layer_backward<T>(dres, a.h_in, a.layer, m.layers[layer], w, g, c, seq, rope, moe_options(Tk),
+                      s, ctx);
+    linear_backward<T>(dcat, 2 * D, g + mp.eh_proj, dres, D, a.cat, 2 * D, w + mp.eh_proj, Nk,
+                       2 * D, D, false, ctx);
+    rmsnorm_backward<T>(demb, D, g + mp.enorm, dcat, 2 * D, a.emb, D, w + mp.enorm, a.rstd_e, Nk,
+                        D, false, ctx);
+    embedding_backward<T>(g + m.embed, demb, rows.ids.data(), Nk, D, ctx);
+    rmsnorm_backward<T>(dprev, D, g + mp.hnorm, dcat + D, 2 * D, a.hprev, D, w + mp.hnorm,
+                        a.rstd_h, Nk, D, false, ctx);
+    T* dsrc = k == 1 ? m.dh0 : m.mtp[k - 2].dhn;
+    const int64_t T_src = Tk + 1;
+    for (int64_t b = 0; b < B; ++b)
+      add_inplace<T>(dsrc + b * T_src * D, dprev + b * Tk * D, Tk * D, ctx);
+    s.release(mark);
+  }
+
+  // ---- backward: main model ----
+  const size_t mark = s.mark();
+  T* dres = s.alloc<T>(N * D);
+  rmsnorm_backward<T>(dres, D, g + m.final_norm, m.dh0, D, m.res[L], D, w + m.final_norm,
+                      m.rstd_final, N, D, false, ctx);
+  for (int64_t l = L - 1; l >= 0; --l)
+    layer_backward<T>(dres, m.res[l], m.lacts[l], m.layers[l], w, g, c, main_seq, rope, main_mo, s, ctx);
+  embedding_backward<T>(g + m.embed, dres, m.wb.main.ids.data(), N, D, ctx);
+  s.release(mark);
+  return r;
+}
+
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace um

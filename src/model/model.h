@@ -1,0 +1,96 @@
+// The Pangu-style MoE transformer (DESIGN 1): embedding, decoder layers with DSSN, MLA and a
+// dense or MoE FFN, final norm, LM head, MTP modules, and the loss J of DESIGN 1.8:
+//   J = CE(main) + (lambda/D) sum_k CE^k + alpha sum_l mean_pools B_l + beta_z sum_l mean z^2
+// A Model holds parameter offsets and the activation memory for one micro-batch; the weights
+// live in a ParamStore owned by the caller, so the trainer, the optimizer and checkpoints work on
+// the flat buffers directly. Forward and backward of a micro-batch are one call: every loss term
+// is already divided by its global count (StepScales), so gradients of micro-batches and ranks
+// simply add up (DESIGN 1.8).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/ctx.h"
+#include "model/batch.h"
+#include "model/config.h"
+#include "model/ffn.h"
+#include "model/mla.h"
+#include "model/params.h"
+#include "model/weights.h"
+
+namespace um {
+
+enum class BalanceScope : uint8_t { sequence, micro_batch, ep_group, global };
+const char* balance_scope_name(BalanceScope s);
+BalanceScope parse_balance_scope(const std::string& s);
+
+struct ModelOptions {
+  int64_t micro_batch = 1;         // sequences per forward (the arena is sized for this many)
+  int64_t seq_len = 1;             // T
+  BalanceScope balance_scope = BalanceScope::micro_batch;
+  double capacity_factor = 0;      // 0 = dropless (training only)
+  bool aux_free = false;           // use the aux-free bias in selection (noaux_tc implies it)
+};
+
+// Normalisations known before the forward (DESIGN 1.6-1.8), the same on every micro-batch of a
+// step.
+struct StepScales {
+  double n_main = 1;                // valid main targets in the global batch
+  std::vector<double> n_mtp;        // valid depth-k targets in the global batch
+  double mtp_lambda = 0;            // lambda; each depth is weighted lambda/D
+  double balance_alpha = 0;
+  double n_pools = 1;               // balance pools in the step
+  double z_coef = 0;                // beta_z
+  int64_t n_sequences = 1;          // global sequences in the step (z-loss means)
+};
+
+// What one micro-batch forward produced (sums, not yet normalised, so they add across
+// micro-batches and ranks).
+struct MicroResult {
+  double ce_main = 0;                // sum of -log p over valid main targets
+  std::vector<double> ce_mtp;        // per depth
+  std::vector<MoeStats> moe;         // per MoE layer, in layer order (MTP layers last)
+};
+
+// Optional copies of forward intermediates for tests and debugging (all (rows, ...) row-major).
+template <class T>
+struct Capture {
+  std::vector<T> logits;                   // (B, T, V)
+  std::vector<std::vector<T>> mtp_logits;  // (B, T-k, V)
+  std::vector<std::vector<T>> hidden;      // output of every decoder layer (MTP: before its head norm)
+  std::vector<T> hidden_norm;              // final-norm output
+};
+
+template <class T>
+class Model {
+ public:
+  Model(const ModelConfig& c, const ParamTable& table, const ModelOptions& opt);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Runs one micro-batch of windows (B <= options().micro_batch sequences of seq_len + 1 ids).
+  // With backward, gradients accumulate into ps.g.
+  MicroResult forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
+                               const StepScales& sc, bool backward, const Ctx& ctx,
+                               Capture<T>* capture = nullptr);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ModelOptions& options() const { return opt_; }
+  const std::vector<int>& moe_layers() const { return moe_layers_; }
+  // Offset of MoE layer moe_layers()[i]'s aux-free bias in the buffer array.
+  int64_t bias_offset(size_t i) const;
+  size_t activation_bytes() const;  // the arena, for the memory report
+
+ private:
+  struct Impl;
+  ModelConfig cfg_;
+  ModelOptions opt_;
+  std::vector<int> moe_layers_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace um
