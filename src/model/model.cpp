@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "ops/cross_entropy.h"
@@ -286,6 +287,57 @@ Model<T>::Model(const ModelConfig& c, const ParamTable& table, const ModelOption
 
 template <class T>
 Model<T>::~Model() = default;
+
+template <class T>
+void Model<T>::sublayer_output_std(int64_t B, std::vector<double>& attn,
+                                   std::vector<double>& ffn) const {
+  const int64_t n = B * opt_.seq_len * cfg_.hidden_size;
+  auto stddev = [n](const T* x) {
+    double s = 0, s2 = 0;
+    for (int64_t i = 0; i < n; ++i) s += double(x[i]), s2 += double(x[i]) * double(x[i]);
+    const double mean = s / double(n);
+    return std::sqrt(std::max(0.0, s2 / double(n) - mean * mean));
+  };
+  attn.clear();
+  ffn.clear();
+  for (const auto& a : impl_->lacts) {
+    attn.push_back(stddev(a.att));
+    ffn.push_back(stddev(a.ffn));
+  }
+}
+
+template <class T>
+std::pair<double, double> calibrate_dssn(Model<T>& model, ParamStore<T>& ps, const ParamTable& t,
+                                         const int32_t* windows, int64_t B, const Ctx& ctx) {
+  const ModelConfig& c = model.config();
+  double c_attn = c.dssn_c_attn, c_ffn = c.dssn_c_ffn;
+  if (!c.sandwich_norm || !(c.dssn_c_attn_auto || c.dssn_c_ffn_auto)) return {c_attn, c_ffn};
+  auto set_gains = [&](const char* which, double value) {
+    for (int l = 0; l < c.n_layers_total(); ++l) {
+      const ParamInfo& p = t.at("model.layers." + std::to_string(l) + "." + which + ".weight");
+      std::fill(ps.w.data() + p.offset, ps.w.data() + p.offset + p.numel, T(value));
+    }
+  };
+  set_gains("post_attention_layernorm", 1.0);
+  set_gains("post_mlp_layernorm", 1.0);
+  StepScales sc;
+  sc.n_mtp.assign(c.num_nextn_predict_layers, 1.0);
+  model.forward_backward(ps, windows, B, sc, false, ctx);
+  std::vector<double> attn, ffn;
+  model.sublayer_output_std(B, attn, ffn);
+  double mean_attn = 0, mean_ffn = 0;
+  for (size_t l = 0; l < attn.size(); ++l) mean_attn += attn[l] / double(attn.size()), mean_ffn += ffn[l] / double(ffn.size());
+  if (c.dssn_c_attn_auto) c_attn = mean_attn;
+  if (c.dssn_c_ffn_auto) c_ffn = mean_ffn;
+  set_gains("post_attention_layernorm", post_norm_gain(c, c_attn));
+  set_gains("post_mlp_layernorm", post_norm_gain(c, c_ffn));
+  return {c_attn, c_ffn};
+}
+
+template std::pair<double, double> calibrate_dssn<float>(Model<float>&, ParamStore<float>&, const ParamTable&,
+                                                         const int32_t*, int64_t, const Ctx&);
+template std::pair<double, double> calibrate_dssn<double>(Model<double>&, ParamStore<double>&, const ParamTable&,
+                                                          const int32_t*, int64_t, const Ctx&);
 
 template <class T>
 int64_t Model<T>::bias_offset(size_t i) const {

@@ -78,6 +78,10 @@ class Model {
                                const StepScales& sc, bool backward, const Ctx& ctx,
                                Capture<T>* capture = nullptr);
 
+  // Standard deviation over all elements of every main layer's attention and FFN outputs (before
+  // their post-norms) in the last forward of B sequences.
+  void sublayer_output_std(int64_t B, std::vector<double>& attn, std::vector<double>& ffn) const;
+
   const ModelConfig& config() const { return cfg_; }
   const ModelOptions& options() const { return opt_; }
   const std::vector<int>& moe_layers() const { return moe_layers_; }
@@ -92,5 +96,13 @@ class Model {
   std::vector<int> moe_layers_;
   std::unique_ptr<Impl> impl_;
 };
+
+// DSSN "auto" (DESIGN 1.2, our experiment): with every post-norm gain at 1, one forward on a
+// calibration batch; c = the std of the sub-layer outputs averaged over the main layers, kept
+// separately for attention and FFN; then the post gains of all layers (MTP included) start at
+// c/sqrt(L). Only the constants configured as "auto" are replaced. Returns (c_attn, c_ffn).
+template <class T>
+std::pair<double, double> calibrate_dssn(Model<T>& model, ParamStore<T>& ps, const ParamTable& t,
+                                         const int32_t* windows, int64_t B, const Ctx& ctx);
 
 }  // namespace um
