@@ -410,7 +410,7 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
                                        m.wb.main.targets.data(), N, D, V, 1.0 / sc.n_main, ctx);
 
   // ---- forward: MTP modules (DESIGN 1.7) ----
-  for (int64_t k = 1; k <= depth; ++k) {
+  for (int64_t k = 1; k <= (sc.with_mtp || backward ? depth : 0); ++k) {
     MtpActs<T>& a = m.mtp[k - 1];
     const auto& mp = m.mtp_p[k - 1];
     const SeqRows& rows = m.wb.mtp[k - 1];

@@ -45,6 +45,7 @@ struct StepScales {
   double n_pools = 1;               // balance pools in the step
   double z_coef = 0;                // beta_z
   int64_t n_sequences = 1;          // global sequences in the step (z-loss means)
+  bool with_mtp = true;             // false: skip the MTP modules (evaluation, generation)
 };
 
 // What one micro-batch forward produced (sums, not yet normalised, so they add across

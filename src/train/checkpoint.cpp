@@ -1,0 +1,219 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/safetensors.h"
+
+namespace um {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  UM_CHECK(fd >= 0, "checkpoint", "cannot open ", path, " to sync: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  UM_CHECK(rc == 0, "checkpoint", "fsync of ", path, " failed: ", std::strerror(err));
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    UM_CHECK(f.good(), "checkpoint", "cannot create ", path);
+    f << text;
+    f.flush();
+    UM_CHECK(f.good(), "checkpoint", "writing ", path, " failed (disk full?)");
+  }
+  fsync_path(path, false);
+}
+
+bool is_step_dir(const std::string& name) {
+  return name.size() == 12 && name.rfind("step_", 0) == 0 &&
+         std::all_of(name.begin() + 5, name.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+}  // namespace
+
+json TrainerState::to_json() const {
+  return {{"step", step}, {"adam_step", adam_step}, {"data", data}, {"spikes", spikes},
+          {"counters", counters}};
+}
+
+TrainerState TrainerState::from_json(const json& j, const std::string& where) {
+  UM_CHECK(j.is_object() && j.contains("step") && j.contains("adam_step"), "checkpoint", where,
+           ": trainer_state.json lacks step/adam_step");
+  TrainerState s;
+  s.step = j["step"].get<int64_t>();
+  s.adam_step = j["adam_step"].get<int64_t>();
+  s.data = j.value("data", json::object());
+  s.spikes = j.value("spikes", json::object());
+  s.counters = j.value("counters", json::object());
+  return s;
+}
+
+std::string checkpoint_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%07lld", static_cast<long long>(step));
+  return buf;
+}
+
+json hf_config_json(const ModelConfig& c) {
+  json j = model_config_to_json(c);
+  j["architectures"] = {"UltramoeForCausalLM"};
+  j["model_type"] = "ultramoe";
+  return j;
+}
+
+template <class T>
+std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
+                            const ParamStore<T>& ps, const TrainerState& state,
+                            const std::string& tokenizer_path) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  UM_CHECK(!ec, "checkpoint", "cannot create ", root, ": ", ec.message());
+  const std::string name = checkpoint_name(state.step);
+  const std::string final_dir = root + "/" + name, tmp = final_dir + ".tmp";
+  fs::remove_all(tmp, ec);
+  fs::create_directory(tmp, ec);
+  UM_CHECK(!ec, "checkpoint", "cannot create ", tmp, ": ", ec.message());
+
+  // weights and buffers in fp32 (DESIGN 6)
+  std::vector<std::vector<float>> hold;
+  auto f32 = [&](const T* src, int64_t n) {
+    hold.emplace_back(src, src + n);
+    return static_cast<const void*>(hold.back().data());
+  };
+  hold.reserve(3 * table.params.size() + table.buffers.size());
+  SafetensorsWriter model;
+  for (const ParamInfo& p : table.params) model.add(p.name, DType::f32, p.shape, f32(ps.w.data() + p.offset, p.numel));
+  for (const BufferInfo& b : table.buffers) model.add(b.name, DType::f32, {b.numel}, f32(ps.buf.data() + b.offset, b.numel));
+  model.set_metadata("format", "pt");
+  model.write(tmp + "/model.safetensors", true);
+
+  SafetensorsWriter opt;
+  for (const ParamInfo& p : table.params) {
+    opt.add(p.name + ".exp_avg", DType::f32, p.shape, f32(ps.m.data() + p.offset, p.numel));
+    opt.add(p.name + ".exp_avg_sq", DType::f32, p.shape, f32(ps.v.data() + p.offset, p.numel));
+  }
+  opt.set_metadata("adam_step", std::to_string(state.adam_step));
+  opt.write(tmp + "/optimizer.safetensors", true);
+
+  write_text(tmp + "/config.json", hf_config_json(rc.model).dump(2) + "\n");
+  write_text(tmp + "/ultramoe.json", rc.to_json().dump(2) + "\n");
+  write_text(tmp + "/trainer_state.json", state.to_json().dump(2) + "\n");
+  if (!tokenizer_path.empty()) {
+    fs::copy_file(tokenizer_path, tmp + "/tokenizer.model", fs::copy_options::overwrite_existing, ec);
+    UM_CHECK(!ec, "checkpoint", "copying ", tokenizer_path, ": ", ec.message());
+    fsync_path(tmp + "/tokenizer.model", false);
+  }
+  fsync_path(tmp, true);
+  // replace an existing checkpoint of the same step only once the new one is complete
+  if (fs::exists(final_dir)) {
+    const std::string old = final_dir + ".old";
+    fs::remove_all(old, ec);
+    fs::rename(final_dir, old, ec);
+    UM_CHECK(!ec, "checkpoint", "cannot move aside ", final_dir, ": ", ec.message());
+    fs::rename(tmp, final_dir, ec);
+    UM_CHECK(!ec, "checkpoint", "cannot rename ", tmp, ": ", ec.message());
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(tmp, final_dir, ec);
+    UM_CHECK(!ec, "checkpoint", "cannot rename ", tmp, " to ", final_dir, ": ", ec.message());
+  }
+  fsync_path(root, true);
+  return final_dir;
+}
+
+std::vector<std::string> list_checkpoints(const std::string& root) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return out;
+  for (const auto& e : fs::directory_iterator(root, ec))
+    if (e.is_directory() && is_step_dir(e.path().filename().string())) out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string latest_checkpoint(const std::string& root) {
+  auto all = list_checkpoints(root);
+  return all.empty() ? "" : all.back();
+}
+
+void prune_checkpoints(const std::string& root, int64_t keep) {
+  auto all = list_checkpoints(root);
+  std::error_code ec;
+  for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(all[i], ec);
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.size() > 4 && n.substr(n.size() - 4) == ".tmp") fs::remove_all(e.path(), ec);
+  }
+}
+
+RunConfig read_checkpoint_config(const std::string& dir) {
+  UM_CHECK(fs::is_directory(dir), "checkpoint", dir, " is not a checkpoint directory");
+  for (const char* f : {"model.safetensors", "config.json", "ultramoe.json", "trainer_state.json"})
+    UM_CHECK(fs::exists(dir + "/" + f), "checkpoint", dir, " is missing ", f);
+  const json run = read_json_file(dir + "/ultramoe.json", "checkpoint");
+  RunConfig rc = parse_run_config(run);
+  json hf = read_json_file(dir + "/config.json", "checkpoint");
+  const ModelConfig from_hf = parse_model_config(hf, "config.json");
+  const json a = model_config_to_json(from_hf), b = model_config_to_json(rc.model);
+  for (auto it = b.begin(); it != b.end(); ++it)
+    UM_CHECK(a.contains(it.key()) && a[it.key()] == it.value(), "checkpoint", dir,
+             ": config.json and ultramoe.json disagree on ", it.key(), " (",
+             a.contains(it.key()) ? a[it.key()].dump() : "missing", " vs ", it.value().dump(), ")");
+  return rc;
+}
+
+TrainerState read_trainer_state(const std::string& dir) {
+  return TrainerState::from_json(read_json_file(dir + "/trainer_state.json", "checkpoint"), dir);
+}
+
+template <class T>
+void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore<T>& ps,
+                     bool optimizer) {
+  const SafetensorsFile model(dir + "/model.safetensors");
+  size_t expected = table.params.size() + table.buffers.size();
+  for (const ParamInfo& p : table.params) {
+    UM_CHECK(model.has(p.name), "checkpoint", dir, "/model.safetensors: missing tensor ", p.name);
+    UM_CHECK(model.entry(p.name).dtype == DType::f32, "checkpoint", dir, ": tensor ", p.name,
+             " is ", dtype_name(model.entry(p.name).dtype), ", expected F32");
+    UM_CHECK(model.entry(p.name).shape == p.shape, "checkpoint", "tensor ", p.name, ": expected ",
+             shape_str(p.shape), ", file has ", shape_str(model.entry(p.name).shape));
+    model.read_into<T>(p.name, ps.w.data() + p.offset, p.shape);
+  }
+  for (const BufferInfo& b : table.buffers) {
+    UM_CHECK(model.has(b.name), "checkpoint", dir, "/model.safetensors: missing tensor ", b.name);
+    model.read_into<T>(b.name, ps.buf.data() + b.offset, {b.numel});
+  }
+  if (model.entries().size() != expected) {
+    for (const auto& [name, e] : model.entries())
+      UM_CHECK(table.find(name) || table.find_buffer(name), "checkpoint", dir,
+               "/model.safetensors: unexpected tensor ", name, " (not part of this model)");
+  }
+  if (!optimizer) return;
+  const SafetensorsFile opt(dir + "/optimizer.safetensors");
+  for (const ParamInfo& p : table.params) {
+    opt.read_into<T>(p.name + ".exp_avg", ps.m.data() + p.offset, p.shape);
+    opt.read_into<T>(p.name + ".exp_avg_sq", ps.v.data() + p.offset, p.shape);
+  }
+}
+
+template std::string save_checkpoint<float>(const std::string&, const RunConfig&, const ParamTable&,
+                                            const ParamStore<float>&, const TrainerState&, const std::string&);
+template std::string save_checkpoint<double>(const std::string&, const RunConfig&, const ParamTable&,
+                                             const ParamStore<double>&, const TrainerState&, const std::string&);
+template void load_checkpoint<float>(const std::string&, const ParamTable&, ParamStore<float>&, bool);
+template void load_checkpoint<double>(const std::string&, const ParamTable&, ParamStore<double>&, bool);
+
+}  // namespace um

@@ -1,0 +1,62 @@
+// Checkpoints (DESIGN 6): a directory checkpoints/step_NNNNNNN/ with
+//   model.safetensors      fp32 weights by HF name, (out, in) layout, plus the aux-free biases
+//   config.json            flat HF-style model config
+//   ultramoe.json          the full resolved run config
+//   tokenizer.model        the SentencePiece model the data was encoded with (when known)
+//   optimizer.safetensors  <param>.exp_avg, <param>.exp_avg_sq (fp32), metadata adam_step
+//   trainer_state.json     step, data position, spike-detector windows, counters
+// Written into step_NNNNNNN.tmp/, every file and the directory fsync'ed, renamed, the parent
+// fsync'ed: a crash mid-write never damages an earlier checkpoint. Loading checks every name,
+// shape, dtype and file length and that config.json agrees with ultramoe.json, and says exactly
+// what is wrong.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/json_reader.h"
+#include "model/params.h"
+#include "model/weights.h"
+#include "train/run_config.h"
+
+namespace um {
+
+struct TrainerState {
+  int64_t step = 0;        // optimizer steps done (the checkpoint holds the state after them)
+  int64_t adam_step = 0;   // applied updates (skipped steps excluded)
+  json data;               // data position (informational; windows are a function of the step)
+  json spikes;             // spike-detector windows and counters (train/spikes.h)
+  json counters;           // skipped steps, tokens seen, wall time
+  json to_json() const;
+  static TrainerState from_json(const json& j, const std::string& where);
+};
+
+std::string checkpoint_name(int64_t step);  // "step_0000012"
+
+// Writes root/step_NNNNNNN atomically and returns its path. An existing complete checkpoint of
+// the same step is replaced only after the new one is complete.
+template <class T>
+std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
+                            const ParamStore<T>& ps, const TrainerState& state,
+                            const std::string& tokenizer_path);
+
+// Complete checkpoints under root, oldest first (".tmp" directories are ignored).
+std::vector<std::string> list_checkpoints(const std::string& root);
+std::string latest_checkpoint(const std::string& root);  // "" when there is none
+// Deletes all but the newest `keep` complete checkpoints, and stale .tmp directories.
+void prune_checkpoints(const std::string& root, int64_t keep);
+
+// The run config of a checkpoint (ultramoe.json), checked against config.json.
+RunConfig read_checkpoint_config(const std::string& dir);
+TrainerState read_trainer_state(const std::string& dir);
+
+// Loads weights and buffers (and the Adam moments when `optimizer`), checking every tensor.
+template <class T>
+void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore<T>& ps,
+                     bool optimizer);
+
+// The flat HF-style config.json of a model (DESIGN 1.10).
+json hf_config_json(const ModelConfig& c);
+
+}  // namespace um

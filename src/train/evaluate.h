@@ -1,0 +1,24 @@
+// Validation loss (DESIGN 3, 8): every validation token scored exactly once (stride-T windows,
+// the last one padded and masked), main CE only, dropless routing, no MTP.
+#pragma once
+
+#include <cstdint>
+
+#include "model/model.h"
+#include "train/windows.h"
+
+namespace um {
+
+struct EvalResult {
+  double loss = 0;       // mean CE over the scored targets
+  double ppl = 0;
+  int64_t tokens = 0;    // targets scored
+  int64_t windows = 0;
+};
+
+// max_windows 0 = all windows of the shard.
+template <class T>
+EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windows,
+                    int64_t max_windows, const Ctx& ctx);
+
+}  // namespace um
