@@ -21,5 +21,6 @@ bool wants_help(const Args& args, const char* usage);
 
 int cmd_data(const Args& args);
 int cmd_inspect(const Args& args);
+int cmd_plan(const Args& args);
 
 }  // namespace um::cli

@@ -11,6 +11,7 @@ namespace um::cli {
 static const Command kCommands[] = {
     {"data", "prepare text into a tokenizer and token shards", cmd_data},
     {"inspect", "print a model's configuration and parameter counts", cmd_inspect},
+    {"plan", "predict step time, MFU and memory of parallel layouts and geometries", cmd_plan},
 };
 
 bool wants_help(const Args& args, const char* usage) {

@@ -1,0 +1,54 @@
+// Hardware descriptions for the planner (DESIGN 5): what one device (an accelerator, or one CPU
+// core for the CPU backend) computes, holds and moves, read strictly from configs/hardware/*.json.
+// This is data plus the two lookups the cost model needs (GEMM efficiency, bytes per element);
+// it is not a device query and it predicts nothing by itself (see plan/cost.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/json_reader.h"
+
+namespace um::plan {
+
+// Training precision of the backend (DESIGN 2): bf16 compute with fp32 master weights on
+// accelerators, plain fp32 on CPU. It fixes the bytes of every stored tensor.
+enum class Precision : uint8_t { bf16, fp32 };
+const char* precision_name(Precision p);
+
+struct Link {
+  double bandwidth = 0;  // achievable bytes/s one device sends in one direction
+  double latency = 0;    // seconds per collective step (one message round)
+};
+
+struct Hardware {
+  std::string name;
+  Precision precision = Precision::bf16;
+  double peak_flops = 0;             // dense FLOP/s per device at `precision`, no sparsity
+  double memory_bytes = 0;           // device memory
+  double memory_bandwidth = 0;       // bytes/s
+  double memory_reserved_bytes = 0;  // unavailable to the model: runtime, communicators, fragmentation
+  int devices_per_node = 1;
+  Link intra_node, inter_node;
+  // (FLOPs of one GEMM, achieved fraction of peak), sorted by FLOPs; interpolated in log(FLOPs).
+  std::vector<std::pair<double, double>> gemm_efficiency;
+  double grouped_gemm_factor = 1.0;  // grouped GEMM efficiency / plain GEMM efficiency, same size
+  double attention_efficiency = 0;   // fused causal attention forward, fraction of peak
+  double op_overhead_s = 0;          // fixed cost of launching one op (kernel or parallel region)
+  std::vector<std::string> sources;  // where the numbers come from
+};
+
+// Parses one hardware object; `path` prefixes key names in errors ([plan] hardware.peak_flops: ...).
+Hardware parse_hardware(const json& j, const std::string& path = "hardware");
+Hardware read_hardware_file(const std::string& file);
+
+// Achieved fraction of peak for one GEMM of `flops` FLOPs: piecewise linear in log(flops)
+// between the calibration points, constant beyond the first and last.
+double gemm_efficiency(const Hardware& hw, double flops);
+
+// Bytes of one stored activation or weight element at the backend's precision.
+int element_bytes(Precision p);
+
+}  // namespace um::plan
