@@ -38,6 +38,8 @@ std::shared_ptr<const TrainWindows::Perm> TrainWindows::epoch_permutation(int64_
     std::swap((*perm)[i], (*perm)[j]);
   }
   std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& [e, p] : cache_)  // another thread got there first
+    if (e == epoch) return p;
   if (cache_.size() >= 2)
     cache_.erase(std::min_element(cache_.begin(), cache_.end(),
                                   [](auto& a, auto& b) { return a.first < b.first; }));

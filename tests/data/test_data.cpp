@@ -502,6 +502,18 @@ TEST(Windows, PureFunctionOfSeedStepAndIndex) {
   EXPECT_EQ(parts, whole);
 }
 
+TEST(Windows, ConcurrentFillsAgreeWithSerial) {
+  // ranks' threads may fill their slices at once, across epoch boundaries
+  CountingShard cs(3000);
+  const int64_t T = 8, B = 5;
+  const TrainWindows serial(*cs.shard, T, 11), shared(*cs.shard, T, 11);
+  const int64_t n_steps = 3 * serial.n_windows() / B;
+  std::vector<std::vector<int32_t>> got(static_cast<size_t>(n_steps));
+#pragma omp parallel for num_threads(4) schedule(dynamic, 1)
+  for (int64_t s = 1; s <= n_steps; ++s) got[s - 1] = batch(shared, s, B, 0, B);
+  for (int64_t s = 1; s <= n_steps; ++s) ASSERT_EQ(got[s - 1], batch(serial, s, B, 0, B)) << s;
+}
+
 TEST(Windows, Errors) {
   CountingShard cs(100);
   EXPECT_EQ(TrainWindows(*cs.shard, 99, 0).n_windows(), 1);  // exactly T+1 tokens
