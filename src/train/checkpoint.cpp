@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
+#include <cstdlib>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -35,6 +37,19 @@ void write_text(const std::string& path, const std::string& text) {
     UM_CHECK(f.good(), "checkpoint", "writing ", path, " failed (disk full?)");
   }
   fsync_path(path, false);
+}
+
+// Test hook: ULTRAMOE_FAILPOINT=checkpoint.after_model:N kills the process (SIGKILL, no cleanup)
+// during the N-th checkpoint write of this process, right after model.safetensors, to prove
+// that a crash mid-write leaves every earlier checkpoint intact. Unset in normal use.
+void failpoint(const char* name) {
+  static int hits = 0;
+  const char* env = std::getenv("ULTRAMOE_FAILPOINT");
+  if (!env) return;
+  const std::string spec(env), want(name);
+  if (spec.rfind(want, 0) != 0) return;
+  const int nth = spec.size() > want.size() + 1 ? std::atoi(spec.c_str() + want.size() + 1) : 1;
+  if (++hits == nth) std::raise(SIGKILL);
 }
 
 bool is_step_dir(const std::string& name) {
@@ -99,6 +114,7 @@ std::string save_checkpoint(const std::string& root, const RunConfig& rc, const 
   for (const BufferInfo& b : table.buffers) model.add(b.name, DType::f32, {b.numel}, f32(ps.buf.data() + b.offset, b.numel));
   model.set_metadata("format", "pt");
   model.write(tmp + "/model.safetensors", true);
+  failpoint("checkpoint.after_model");
 
   SafetensorsWriter opt;
   for (const ParamInfo& p : table.params) {
@@ -215,5 +231,21 @@ template std::string save_checkpoint<double>(const std::string&, const RunConfig
                                              const ParamStore<double>&, const TrainerState&, const std::string&);
 template void load_checkpoint<float>(const std::string&, const ParamTable&, ParamStore<float>&, bool);
 template void load_checkpoint<double>(const std::string&, const ParamTable&, ParamStore<double>&, bool);
+
+}  // namespace um
+
+namespace um {
+
+OpenedCheckpoint open_checkpoint(const std::string& dir) {
+  OpenedCheckpoint c;
+  c.dir = dir;
+  c.rc = read_checkpoint_config(dir);
+  c.table = build_param_table(c.rc.model);
+  c.ps = ParamStore<float>(c.table);
+  load_checkpoint(dir, c.table, c.ps, false);
+  c.state = read_trainer_state(dir);
+  if (fs::exists(dir + "/tokenizer.model")) c.tokenizer_path = dir + "/tokenizer.model";
+  return c;
+}
 
 }  // namespace um

@@ -25,9 +25,9 @@ namespace um {
 struct TrainerState {
   int64_t step = 0;        // optimizer steps done (the checkpoint holds the state after them)
   int64_t adam_step = 0;   // applied updates (skipped steps excluded)
-  json data;               // data position (informational; windows are a function of the step)
-  json spikes;             // spike-detector windows and counters (train/spikes.h)
-  json counters;           // skipped steps, tokens seen, wall time
+  json data = json::object();      // data position (informational; windows are a function of the step)
+  json spikes = json::object();    // spike-detector windows and counters (train/spikes.h)
+  json counters = json::object();  // skipped steps, tokens seen, last expert load
   json to_json() const;
   static TrainerState from_json(const json& j, const std::string& where);
 };
@@ -58,5 +58,20 @@ void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore
 
 // The flat HF-style config.json of a model (DESIGN 1.10).
 json hf_config_json(const ModelConfig& c);
+
+}  // namespace um
+
+namespace um {
+
+// A checkpoint opened for inference or inspection: config, weights (f32), trainer state.
+struct OpenedCheckpoint {
+  std::string dir;
+  RunConfig rc;
+  ParamTable table;
+  ParamStore<float> ps;
+  TrainerState state;
+  std::string tokenizer_path;  // dir/tokenizer.model, or "" when the checkpoint has none
+};
+OpenedCheckpoint open_checkpoint(const std::string& dir);
 
 }  // namespace um

@@ -146,12 +146,13 @@ int run_training(const TrainOptions& opt) {
   const auto t_loop = clock::now();
   const int64_t n_devices = tc.imbalance_devices > 0 ? tc.imbalance_devices : default_imbalance_devices(rc);
   int64_t last_ckpt = opt.resume ? state.step : -1;
+  json last_moe = state.counters.value("expert_load", json::array());  // the last step's MoE summary
 
   auto save = [&](int64_t step) {
     state.step = step;
     state.spikes = spikes.to_json();
     state.data = {{"next_step", step + 1}, {"epoch", train_windows.epoch_of(step + 1, B)}};
-    state.counters = {{"skipped_steps", skipped_steps}, {"tokens_seen", tokens_seen}};
+    state.counters = {{"skipped_steps", skipped_steps}, {"tokens_seen", tokens_seen}, {"expert_load", last_moe}};
     const std::string dir = save_checkpoint(ckpt_root, rc, table, ps, state, data.path() + "/tokenizer.model");
     prune_checkpoints(ckpt_root, tc.keep_checkpoints);
     last_ckpt = step;
@@ -181,6 +182,7 @@ int run_training(const TrainOptions& opt) {
     line["grad_spike"] = sv.grad_spike;
     line["loss_spike"] = sv.loss_spike;
     metrics.write(line);
+    last_moe = line["moe"];
     if (step % opt.log_every == 0 || step == tc.steps || o.skipped) {
       const double elapsed = std::chrono::duration<double>(clock::now() - t_loop).count();
       const double eta = elapsed / double(step - first_step + 1) * double(tc.steps - step);

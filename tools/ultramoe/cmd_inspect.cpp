@@ -6,16 +6,20 @@
 #include "core/json_reader.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "train/checkpoint.h"
+
+#include <algorithm>
 
 namespace um::cli {
 
 static const char* kUsage =
-    "usage: ultramoe inspect --config FILE [--json]\n"
+    "usage: ultramoe inspect --config FILE | --ckpt DIR  [--json]\n"
     "\n"
     "Prints the model configuration, total and active parameter counts (DESIGN 7) and a\n"
     "per-component breakdown. FILE is a run config with a `model` section or a flat HF-style\n"
-    "config.json.\n"
+    "config.json. For a checkpoint, also its step and the expert load of its last step.\n"
     "  --config FILE   config to inspect\n"
+    "  --ckpt DIR      checkpoint to inspect\n"
     "  --json          print one JSON object (total_params, active_params, ...)\n";
 
 static std::string human(int64_t n) {
@@ -29,12 +33,36 @@ static std::string human(int64_t n) {
 
 int cmd_inspect(const Args& args) {
   if (wants_help(args, kUsage)) return 0;
-  CliArgs a("inspect", args, {{"config", true}, {"json", false}});
+  CliArgs a("inspect", args, {{"config", true}, {"ckpt", true}, {"json", false}});
   UM_CHECK(a.positional().empty(), "inspect", "unexpected argument '", a.positional()[0], "'");
-  const std::string path = a.require("config");
-  json file = read_json_file(path);
-  const bool sectioned = file.is_object() && file.contains("model");
-  ModelConfig c = parse_model_config(sectioned ? file["model"] : file, sectioned ? "model" : "");
+  UM_CHECK(a.has("config") != a.has("ckpt"), "inspect", "give exactly one of --config FILE and --ckpt DIR");
+  std::string path;
+  ModelConfig c;
+  json ckpt_info;
+  if (a.has("config")) {
+    path = a.require("config");
+    json file = read_json_file(path);
+    const bool sectioned = file.is_object() && file.contains("model");
+    c = parse_model_config(sectioned ? file["model"] : file, sectioned ? "model" : "");
+  } else {
+    path = a.require("ckpt");
+    OpenedCheckpoint ck = open_checkpoint(path);
+    c = ck.rc.model;
+    ckpt_info = {{"step", ck.state.step}, {"adam_step", ck.state.adam_step},
+                 {"tokens_seen", ck.state.counters.value("tokens_seen", 0.0)},
+                 {"skipped_steps", ck.state.counters.value("skipped_steps", 0)},
+                 {"expert_load", ck.state.counters.value("expert_load", json::array())}};
+    json bias = json::array();
+    for (const BufferInfo& b : ck.table.buffers) {
+      float lo = 0, hi = 0;
+      for (int64_t i = 0; i < b.numel; ++i) {
+        lo = i ? std::min(lo, ck.ps.buf[b.offset + i]) : ck.ps.buf[b.offset + i];
+        hi = i ? std::max(hi, ck.ps.buf[b.offset + i]) : ck.ps.buf[b.offset + i];
+      }
+      bias.push_back({{"name", b.name}, {"min", lo}, {"max", hi}});
+    }
+    ckpt_info["aux_free_bias"] = bias;
+  }
   ParamCounts n = count_params(c);
 
   if (a.has("json")) {
@@ -50,6 +78,7 @@ int cmd_inspect(const Args& args) {
     json by = json::object();
     for (auto& [name, count] : n.by_component) by[name] = count;
     out["by_component"] = by;
+    if (!ckpt_info.is_null()) out["checkpoint"] = ckpt_info;
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
@@ -78,6 +107,15 @@ int cmd_inspect(const Args& args) {
     std::printf("  %-16s %16lld  %8s  (without the shared embedding/head; %s with them)\n", "mtp",
                 (long long)n.mtp, human(n.mtp).c_str(),
                 human(n.mtp + n.embedding + n.lm_head).c_str());
+  }
+  if (!ckpt_info.is_null()) {
+    std::printf("\ncheckpoint: step %lld (%lld applied updates, %.3gM tokens seen)\n",
+                (long long)ckpt_info["step"].get<int64_t>(), (long long)ckpt_info["adam_step"].get<int64_t>(),
+                ckpt_info["tokens_seen"].get<double>() / 1e6);
+    for (const json& l : ckpt_info["expert_load"])
+      std::printf("  layer %2d: load %s  max/mean %.2f  IS %.3f  entropy %.3f  dropped %lld\n", l["layer"].get<int>(),
+                  l["load"].dump().c_str(), l["max_mean"].get<double>(), l["is"].get<double>(),
+                  l["entropy"].get<double>(), (long long)l["dropped"].get<int64_t>());
   }
   return 0;
 }

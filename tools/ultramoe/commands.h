@@ -20,7 +20,10 @@ struct Command {
 bool wants_help(const Args& args, const char* usage);
 
 int cmd_data(const Args& args);
+int cmd_eval(const Args& args);
 int cmd_inspect(const Args& args);
 int cmd_plan(const Args& args);
+int cmd_sample(const Args& args);
+int cmd_train(const Args& args);
 
 }  // namespace um::cli

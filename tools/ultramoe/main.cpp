@@ -10,8 +10,11 @@ namespace um::cli {
 
 static const Command kCommands[] = {
     {"data", "prepare text into a tokenizer and token shards", cmd_data},
+    {"eval", "validation loss and perplexity of a checkpoint", cmd_eval},
     {"inspect", "print a model's configuration and parameter counts", cmd_inspect},
     {"plan", "predict step time, MFU and memory of parallel layouts and geometries", cmd_plan},
+    {"sample", "generate text from a checkpoint", cmd_sample},
+    {"train", "train a model on a prepared data directory", cmd_train},
 };
 
 bool wants_help(const Args& args, const char* usage) {

@@ -1,0 +1,49 @@
+// ultramoe eval: validation loss and perplexity of a checkpoint on a data directory.
+#include <cstdio>
+
+#include "commands.h"
+#include "core/cli_args.h"
+#include "core/error.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/evaluate.h"
+
+namespace um::cli {
+
+static const char* kUsage =
+    "usage: ultramoe eval --ckpt DIR --data DIR [--batches N] [--json]\n"
+    "\n"
+    "Scores every token of the data directory's validation shard exactly once (main CE; the last\n"
+    "window padded and masked) and prints the loss and perplexity.\n"
+    "  --ckpt DIR     a checkpoint directory\n"
+    "  --data DIR     a prepared data directory with the checkpoint's tokenizer\n"
+    "  --batches N    score only the first N micro-batches (default 0: all)\n"
+    "  --json         print one JSON object\n";
+
+int cmd_eval(const Args& args) {
+  if (wants_help(args, kUsage)) return 0;
+  CliArgs a("eval", args, {{"ckpt", true}, {"data", true}, {"batches", true}, {"json", false}});
+  UM_CHECK(a.positional().empty(), "eval", "unexpected argument '", a.positional()[0], "'");
+  OpenedCheckpoint ck = open_checkpoint(a.require("ckpt"));
+  DataDir data(a.require("data"));
+  data.check_model_vocab(ck.rc.model.vocab_size);
+  if (!ck.tokenizer_path.empty())
+    UM_CHECK(Tokenizer::load(ck.tokenizer_path).sha256() == data.tokenizer().sha256(), "eval",
+             "the data in ", data.path(), " was encoded with another tokenizer than the checkpoint's");
+  const int64_t T_ = ck.rc.data.seq_len, mb = ck.rc.train.micro_batch_size;
+  EvalWindows windows(data.val(), T_);
+  Workspace ws;
+  Ctx ctx = Ctx::cpu(&ws);
+  Model<float> model(ck.rc.model, ck.table, {mb, T_, ck.rc.train.balance_scope, 0, ck.rc.train.aux_free});
+  const EvalResult r = evaluate(model, ck.ps, windows, a.get_int("batches", 0) * mb, ctx);
+  if (a.has("json")) {
+    std::printf("%s\n", json({{"step", ck.state.step}, {"val_loss", r.loss}, {"val_ppl", r.ppl},
+                              {"val_tokens", r.tokens}}).dump().c_str());
+  } else {
+    std::printf("step %lld: val_loss %.4f  val_ppl %.2f  (%lld tokens, %lld windows)\n",
+                (long long)ck.state.step, r.loss, r.ppl, (long long)r.tokens, (long long)r.windows);
+  }
+  return 0;
+}
+
+}  // namespace um::cli
