@@ -1,0 +1,93 @@
+// The optimizer step's bookkeeping: a non-finite loss or gradient skips the update (nothing
+// changes but the step), and a checkpoint round-trips weights, moments, buffers and state.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "cli_harness.h"
+#include "golden.h"
+#include "train/checkpoint.h"
+#include "train/step.h"
+
+namespace um::test {
+namespace {
+
+TEST(Step, NonFiniteGradientSkipsTheUpdate) {
+  const Golden g("tiny_grouped");  // aux-free biases on: they must not move either
+  Workspace ws;
+  Ctx ctx = Ctx::cpu(&ws);
+  ParamStore<float> ps(g.table);
+  g.load(ps);
+  const TrainConfig& tc = g.rc.train;
+  Model<float> model(g.rc.model, g.table, {tc.micro_batch_size, g.T, tc.balance_scope, tc.capacity_factor, tc.aux_free});
+  const auto runs = decay_runs(g.table, tc.weight_decay_norms);
+  int64_t adam_step = 0;
+  StepOutcome ok = train_step<float>(model, ps, runs, tc, 1, adam_step, g.batch(1), ctx);
+  ASSERT_FALSE(ok.skipped);
+  ASSERT_EQ(adam_step, 1);
+
+  // poison one embedding row that batch 2 uses: the loss and the gradient become non-finite
+  const int32_t tok = g.batch(2)[0];
+  const ParamInfo& emb = g.table.at("model.embed_tokens.weight");
+  ps.w[emb.offset + int64_t(tok) * g.rc.model.hidden_size] = std::numeric_limits<float>::infinity();
+  const std::vector<float> w(ps.w.data(), ps.w.data() + ps.w.size()), m(ps.m.data(), ps.m.data() + ps.m.size()),
+      v(ps.v.data(), ps.v.data() + ps.v.size()), b(ps.buf.data(), ps.buf.data() + ps.buf.size());
+  StepOutcome bad = train_step<float>(model, ps, runs, tc, 2, adam_step, g.batch(2), ctx);
+  EXPECT_TRUE(bad.skipped);
+  EXPECT_FALSE(std::isfinite(bad.grad_norm) && std::isfinite(bad.loss_total));
+  EXPECT_EQ(adam_step, 1);  // the Adam step count counts applied updates only
+  EXPECT_EQ(0, std::memcmp(w.data(), ps.w.data(), w.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(m.data(), ps.m.data(), m.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(v.data(), ps.v.data(), v.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(b.data(), ps.buf.data(), b.size() * sizeof(float)));
+  // the metrics line writes the non-finite values as null
+  json line = json::parse(json({{"x", bad.grad_norm}}).dump());
+  EXPECT_TRUE(line["x"].is_null());
+}
+
+TEST(Checkpoint, RoundTripsEverything) {
+  const Golden g("tiny_moge");
+  ParamStore<float> ps(g.table);
+  g.load(ps);
+  for (int64_t i = 0; i < ps.m.size(); ++i) ps.m[i] = 1e-3f * float(i % 97), ps.v[i] = 1e-6f * float(i % 89);
+  for (int64_t i = 0; i < ps.buf.size(); ++i) ps.buf[i] = 0.01f * float(i);
+  TrainerState st;
+  st.step = 7;
+  st.adam_step = 6;
+  st.counters = {{"skipped_steps", 1}};
+  ScratchDir dir;
+  const std::string path = save_checkpoint(dir.path + "/checkpoints", g.rc, g.table, ps, st, "");
+  EXPECT_EQ(path, dir.path + "/checkpoints/step_0000007");
+  EXPECT_EQ(latest_checkpoint(dir.path + "/checkpoints"), path);
+  ParamStore<float> back(g.table);
+  load_checkpoint(path, g.table, back, true);
+  EXPECT_EQ(0, std::memcmp(ps.w.data(), back.w.data(), ps.w.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(ps.m.data(), back.m.data(), ps.m.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(ps.v.data(), back.v.data(), ps.v.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(ps.buf.data(), back.buf.data(), ps.buf.size() * sizeof(float)));
+  const TrainerState s2 = read_trainer_state(path);
+  EXPECT_EQ(s2.step, 7);
+  EXPECT_EQ(s2.adam_step, 6);
+  EXPECT_EQ(read_checkpoint_config(path).to_json(), g.rc.to_json());
+  // config.json is the flat HF form, with router_scale and biases in the weights file
+  const json hf = read_json_file(path + "/config.json");
+  EXPECT_EQ(hf["model_type"], "ultramoe");
+  EXPECT_EQ(hf["architectures"][0], "UltramoeForCausalLM");
+  SafetensorsFile f(path + "/model.safetensors");
+  const std::string moe = "model.layers." + std::to_string(g.meta["moe_layers"][0].get<int>()) + ".mlp.";
+  EXPECT_TRUE(f.has(moe + "router_scale"));
+  EXPECT_TRUE(f.has(moe + "gate.e_score_correction_bias"));
+  // keep the newest N
+  st.step = 8;
+  save_checkpoint(dir.path + "/checkpoints", g.rc, g.table, ps, st, "");
+  st.step = 9;
+  save_checkpoint(dir.path + "/checkpoints", g.rc, g.table, ps, st, "");
+  prune_checkpoints(dir.path + "/checkpoints", 2);
+  auto all = list_checkpoints(dir.path + "/checkpoints");
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(fs::path(all[0]).filename(), "step_0000008");
+}
+
+}  // namespace
+}  // namespace um::test
