@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "parallel/comm.h"
 
 namespace um::cli {
 
@@ -50,13 +51,25 @@ static int dispatch(int argc, char** argv) {
 
 }  // namespace um::cli
 
+// An error in one rank of a distributed job ends the whole job (MPI_Abort), never a hang.
+static int report(const char* what) {
+  um::Runtime* rt = um::Runtime::current();
+  const bool multi = rt && rt->world().size() > 1;
+  if (multi)
+    std::fprintf(stderr, "ultramoe: error: [rank %d of %d] %s\n", rt->world().rank(), rt->world().size(), what);
+  else
+    std::fprintf(stderr, "ultramoe: error: %s\n", what);
+  if (multi) rt->abort(1);
+  return 1;
+}
+
 int main(int argc, char** argv) {
+  um::Runtime runtime(&argc, &argv);
   try {
     return um::cli::dispatch(argc, argv);
   } catch (const um::Error& e) {
-    std::fprintf(stderr, "ultramoe: error: %s\n", e.what());
+    return report(e.what());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ultramoe: error: %s\n", e.what());
+    return report(e.what());
   }
-  return 1;
 }
