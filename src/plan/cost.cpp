@@ -22,7 +22,10 @@ double attention_time(const Hardware& hw, double flops) {
   return flops / (hw.peak_flops * hw.attention_efficiency);
 }
 
-double memory_pass_time(const Hardware& hw, double bytes) { return bytes / hw.memory_bandwidth; }
+double memory_pass_time(const Hardware& hw, double bytes, double exps) {
+  const double bandwidth = hw.elementwise_bandwidth > 0 ? hw.elementwise_bandwidth : hw.memory_bandwidth;
+  return std::max(bytes / bandwidth, exps * hw.exp_element_s);
+}
 
 GroupSpan group_span(int size, int stride, int devices_per_node) {
   GroupSpan g;

@@ -10,10 +10,6 @@
 
 namespace um::plan {
 
-// FlashAttention-2 (Dao 2023, arXiv 2307.08691, section 3.1): the backward pass runs five
-// matmuls of the size of the forward's two, i.e. 2.5x the forward FLOPs.
-inline constexpr double kAttentionBackwardRatio = 2.5;
-
 // A GEMM (m x k) @ (k x n): time = max(2mnk / (peak * eff), bytes / memory bandwidth) (roofline,
 // Williams et al. 2009), with eff from the hardware's calibrated curve times `efficiency_factor`.
 // Launch overhead is not included (see op_overhead_s).
@@ -25,8 +21,10 @@ double gemm_time(const Hardware& hw, double m, double n, double k, int elem_byte
 double attention_forward_flops(double seqs, double seq_len, double heads, double d_qk, double d_v);
 double attention_time(const Hardware& hw, double flops);
 
-// A memory-bound pass (norms, activations, permutes, optimizer): bytes moved / bandwidth.
-double memory_pass_time(const Hardware& hw, double bytes);
+// An element-wise pass (norms, activations, permutes, optimizer): bytes moved at the
+// element-wise bandwidth, or its exponentials, whichever takes longer (the loop streams while it
+// computes).
+double memory_pass_time(const Hardware& hw, double bytes, double exps = 0);
 
 // Where a communication group sits: `size` devices at rank stride `stride`; per_node of them share
 // a node. A group that crosses nodes runs at the inter-node link of each device.

@@ -79,7 +79,14 @@ Hardware parse_hardware(const json& j, const std::string& path) {
   hw.gemm_efficiency = parse_curve(r.raw("gemm_efficiency"), r.path("gemm_efficiency"));
   hw.grouped_gemm_factor = fraction(r, "grouped_gemm_factor", r.opt<double>("grouped_gemm_factor", 1.0));
   hw.attention_efficiency = fraction(r, "attention_efficiency", r.get<double>("attention_efficiency"));
+  hw.attention_backward_ratio = r.opt<double>("attention_backward_ratio", hw.attention_backward_ratio);
+  UM_CHECK(hw.attention_backward_ratio >= 1, "plan", r.path("attention_backward_ratio"), ": must be >= 1, got ",
+           hw.attention_backward_ratio);
   hw.op_overhead_s = non_negative(r, "op_overhead_s", 0);
+  hw.elementwise_bandwidth = non_negative(r, "elementwise_bandwidth", 0);
+  if (hw.elementwise_bandwidth == 0) hw.elementwise_bandwidth = hw.memory_bandwidth;
+  hw.exp_element_s = non_negative(r, "exp_element_s", 0);
+  hw.cross_entropy_logit_s = non_negative(r, "cross_entropy_logit_s", 0);
   const json& sources = r.raw("sources");
   if (!sources.is_null()) {
     UM_CHECK(sources.is_array(), "plan", r.path("sources"), ": expected a list of strings");

@@ -36,7 +36,21 @@ struct Hardware {
   std::vector<std::pair<double, double>> gemm_efficiency;
   double grouped_gemm_factor = 1.0;  // grouped GEMM efficiency / plain GEMM efficiency, same size
   double attention_efficiency = 0;   // fused causal attention forward, fraction of peak
+  // Backward time / forward time of attention. 2.5 by default: FlashAttention-2 (Dao 2023,
+  // arXiv 2307.08691, section 3.1) runs five matmuls in backward to the forward's two.
+  double attention_backward_ratio = 2.5;
   double op_overhead_s = 0;          // fixed cost of launching one op (kernel or parallel region)
+  // Element-wise ops (norms, residuals, permutes, RoPE, the optimizer) move bytes at this rate;
+  // below memory_bandwidth where the engine's loops do not stream at full speed. 0 in the file:
+  // memory_bandwidth.
+  double elementwise_bandwidth = 0;
+  // Seconds per exponential in element-wise code (SwiGLU's sigmoid, router scores, the
+  // cross-entropy softmax); a pass costs max(bytes / bandwidth, exps x this). Negligible on
+  // accelerators, where special-function units keep these passes memory-bound.
+  double exp_element_s = 0;
+  // Seconds per logit of the fused LM-head cross entropy beyond its three GEMMs (forward and
+  // backward together); 0: priced as memory passes and exponentials like the other element-wise ops.
+  double cross_entropy_logit_s = 0;
   std::vector<std::string> sources;  // where the numbers come from
 };
 

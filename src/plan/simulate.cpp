@@ -32,8 +32,9 @@ constexpr double kNormPass = 2, kResidualPass = 3, kSwigluPass = 3, kCopyPass = 
 // The router GEMM and scores run in fp32 (DESIGN 1.5), as does the vocab-parallel cross entropy
 // that keeps the softmax of the logits for backward (Megatron-Core's default).
 constexpr double kFp32Bytes = 4;
-// Cross-entropy passes over the logits: max, sum of exp, write the softmax gradient.
-constexpr double kCrossEntropyPasses = 3;
+// Cross-entropy over the logits, forward and backward fused (src/ops/cross_entropy.h): passes for
+// the max, the sum of exponentials and the softmax gradient, and two exponentials per logit.
+constexpr double kCrossEntropyPasses = 3, kCrossEntropyExps = 2;
 
 struct Env {
   const PlanModel& m;
@@ -48,14 +49,17 @@ struct Env {
   GroupSpan tp_g, a2a_g, etp_g;
 };
 
-// Forward work of one block on one device; backward doubles GEMMs and memory passes and runs
-// attention at kAttentionBackwardRatio.
+// Forward work of one block on one device, and its backward: GEMMs twice (data and weight
+// gradients), attention at the hardware's attention_backward_ratio, element-wise passes with twice
+// the bytes (the saved input and the incoming gradient in, the gradient out) and the same
+// exponentials again. `once` is work whose forward and backward run fused (the cross entropy),
+// counted with the forward.
 struct Work {
-  double gemm = 0, attn = 0, mem = 0;
+  double gemm = 0, attn = 0, mem_fwd = 0, mem_bwd = 0, once = 0;
   int ops = 0;
-  double fwd(const Hardware& hw) const { return gemm + attn + mem + ops * hw.op_overhead_s; }
+  double fwd(const Hardware& hw) const { return gemm + attn + mem_fwd + once + ops * hw.op_overhead_s; }
   double bwd(const Hardware& hw) const {
-    return 2 * gemm + kAttentionBackwardRatio * attn + 2 * mem + 2 * ops * hw.op_overhead_s;
+    return 2 * gemm + hw.attention_backward_ratio * attn + mem_bwd + 2 * ops * hw.op_overhead_s;
   }
 };
 
@@ -63,8 +67,9 @@ void add_gemm(Work& w, const Env& e, double m, double n, double k, double factor
   w.gemm += gemm_time(e.hw, m, n, k, static_cast<int>(e.eb), factor);
   w.ops += 1;
 }
-void add_pass(Work& w, const Env& e, double bytes) {
-  w.mem += memory_pass_time(e.hw, bytes);
+void add_pass(Work& w, const Env& e, double bytes, double exps = 0) {
+  w.mem_fwd += memory_pass_time(e.hw, bytes, exps);
+  w.mem_bwd += memory_pass_time(e.hw, 2 * bytes, exps);
   w.ops += 1;
 }
 
@@ -158,8 +163,8 @@ Block attention_block(const Env& e) {
 void add_tp_mlp(Block& b, Work& w, Work& redo, const Env& e, double width) {
   const double t = e.t, D = static_cast<double>(e.m.hidden), f = width / e.l.tp;
   add_gemm(w, e, t, 2 * f, D);
-  add_pass(w, e, t * f * kSwigluPass * e.eb);
-  add_pass(redo, e, t * f * kSwigluPass * e.eb);
+  add_pass(w, e, t * f * kSwigluPass * e.eb, t * f);  // one sigmoid per element
+  add_pass(redo, e, t * f * kSwigluPass * e.eb, t * f);
   add_gemm(w, e, t, D, f);
   b.act += t * 3 * f * e.eb;          // gate and up outputs, SwiGLU output
   b.act_dropped += t * f * e.eb;      // SwiGLU output (Megatron-Core moe_act / DESIGN 2)
@@ -207,8 +212,8 @@ void add_routed_experts(Block& b, const Env& e) {
   const double pairs = e.tl * K * e.imb;               // (token, expert) rows this device sends
   add_pass(b.work, e, pairs * D * 2 * kCopyPass * e.eb);  // permute and un-permute
   const double swiglu = rows * local_experts * f;      // SwiGLU outputs on this device
-  add_pass(b.work, e, swiglu * kSwigluPass * e.eb);
-  add_pass(b.redo, e, swiglu * kSwigluPass * e.eb);
+  add_pass(b.work, e, swiglu * kSwigluPass * e.eb, swiglu);
+  add_pass(b.redo, e, swiglu * kSwigluPass * e.eb, swiglu);
   // saved: dispatched rows, gate and up outputs, SwiGLU output, expert outputs before weighting
   b.act += (pairs * 2 * D + swiglu * 3) * e.eb;
   b.act_dropped += swiglu * e.eb;
@@ -225,7 +230,7 @@ Block moe_ffn_block(const Env& e) {
   Block b;
   add_norms(b, e);
   b.work.gemm += gemm_time(e.hw, e.tl, E, D, static_cast<int>(kFp32Bytes));  // router on the local tokens
-  add_pass(b.work, e, e.tl * E * kCopyPass * kFp32Bytes);                  // scores and top-k
+  add_pass(b.work, e, e.tl * E * kCopyPass * kFp32Bytes, e.tl * E);        // scores and top-k
   b.work.ops += 1;
   b.act += e.tl * E * kFp32Bytes;
   if (m.shared_width > 0) {
@@ -234,7 +239,8 @@ Block moe_ffn_block(const Env& e) {
     b.shared_fwd = shared.fwd(e.hw);
     b.shared_bwd = shared.bwd(e.hw);
     b.work.gemm += shared.gemm;
-    b.work.mem += shared.mem;
+    b.work.mem_fwd += shared.mem_fwd;
+    b.work.mem_bwd += shared.mem_bwd;
     b.work.ops += shared.ops;
   }
   add_routed_experts(b, e);
@@ -330,7 +336,11 @@ UnitCost head_cost(const Env& e, bool holds_matrix) {
   Work w;
   add_pass(w, e, e.tl * D * kNormPass * e.eb);
   add_gemm(w, e, e.t, v, D);
-  add_pass(w, e, e.t * v * kCrossEntropyPasses * kFp32Bytes);
+  const double logits = e.t * v;
+  w.once += e.hw.cross_entropy_logit_s > 0
+                ? logits * e.hw.cross_entropy_logit_s
+                : memory_pass_time(e.hw, logits * kCrossEntropyPasses * kFp32Bytes, logits * kCrossEntropyExps);
+  w.ops += 1;
   UnitCost u;
   u.fwd = w.fwd(e.hw);
   u.bwd = w.bwd(e.hw);

@@ -17,11 +17,11 @@ Prediction run(const PlanModel& m, const Hardware& hw, const Workload& w, const 
 }
 
 // Hardware FLOPs of one step on one device: 3x the forward GEMMs (= 6 N_mm per token) and
-// attention at 1 + 2.5 times its forward FLOPs.
+// attention at 1 + attention_backward_ratio (2.5) times its forward FLOPs.
 double ideal_compute_seconds(const PlanModel& m, const Hardware& hw, const Workload& w) {
   const double tokens = static_cast<double>(w.global_batch) * w.seq_len;
   const double attn_fwd = 2.0 * m.n_heads * (m.d_qk() + m.d_v()) * (w.seq_len + 1) / 2.0 * (m.n_layers + m.mtp_depth);
-  const double flops = tokens * (6.0 * matmul_params_per_token(m) + (1 + kAttentionBackwardRatio) * attn_fwd);
+  const double flops = tokens * (6.0 * matmul_params_per_token(m) + (1 + hw.attention_backward_ratio) * attn_fwd);
   return flops / (hw.peak_flops * 0.5);
 }
 
@@ -38,6 +38,21 @@ TEST(PlanSimulate, ComputeTimeIsModelFlopsOnIdealHardware) {
     // MFU = F B T / step / peak, by definition (DESIGN 7)
     EXPECT_NEAR(p.mfu, model_flops_per_token(m, 64) * 4 * 64 / p.step_time_s / hw.peak_flops, 1e-12);
   }
+}
+
+TEST(PlanSimulate, ExponentialsAndCrossEntropyCostWhatTheHardwareSays) {
+  // a dense model: SwiGLU evaluates one exponential per element in forward and one in backward;
+  // the fused cross entropy costs cross_entropy_logit_s per logit once
+  const PlanModel m = testing::small_dense();
+  const Workload w{1, 64, 4};
+  Hardware hw = testing::ideal_hardware();
+  const Prediction base = run(m, hw, w, "mbs=2");
+  hw.exp_element_s = 1e-9;
+  hw.cross_entropy_logit_s = 3e-9;
+  const Prediction p = run(m, hw, w, "mbs=2");
+  const double t = 2.0 * 64, mb = 2;
+  const double expected = mb * (2 * t * m.dense_width * m.n_layers * 1e-9 + t * m.vocab * 3e-9);
+  EXPECT_NEAR(p.time.compute - base.time.compute, expected, 1e-12);
 }
 
 TEST(PlanSimulate, MemoryMatchesParameterCountsOnOneDevice) {

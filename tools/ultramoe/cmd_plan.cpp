@@ -10,7 +10,6 @@
 #include "core/cli_args.h"
 #include "core/json_reader.h"
 #include "plan/calibrate.h"
-#include "plan/cost.h"
 #include "plan/report.h"
 #include "plan/search.h"
 
@@ -39,9 +38,13 @@ static const char* kUsage =
     "  --search-geometry      search layers x hidden x experts at the model's total/active budget\n"
     "  --layers L,..  --hidden D,..  --experts E,..  --tolerance X   the geometry grid (default\n"
     "                         around the model) and the allowed budget mismatch (0.05)\n"
-    "  --measured FILE        with --layout: compare with the JSON of `ultramoe bench`\n"
+    "  --measured FILE        with --layout: compare with a measured step (JSON with tokens_per_s:\n"
+    "                         `ultramoe bench` output or a metrics.jsonl line of `ultramoe train`)\n"
     "  --calibrate FILE       print the efficiency fields for --hardware from the JSON of\n"
     "                         `OMP_NUM_THREADS=1 bench_ops --benchmark_format=json`\n"
+    "  --measure              (with or without --calibrate) also time this engine's sgemm over\n"
+    "                         small linear-layer shapes, its element-wise loops and the memory\n"
+    "                         bandwidth, here and now (run with OMP_NUM_THREADS=1 per CPU core)\n"
     "  --json                 print one JSON object (mfu, step_time_s, memory_per_device_bytes, ...)\n";
 
 namespace {
@@ -95,15 +98,25 @@ Layout layout_from_run_config(const json& file) {
 
 int calibrate(const CliArgs& a) {
   const Hardware hw = read_hardware_file(a.require("hardware"));
-  const std::string file = a.require("calibrate");
-  const Calibration c = calibrate_from_benchmark(read_json_file(file, "plan"), hw);
+  std::vector<OpMeasurement> ops;
+  if (a.has("calibrate")) ops = ops_from_benchmark(read_json_file(a.require("calibrate"), "plan"), hw);
+  if (a.has("measure")) {
+    std::vector<OpMeasurement> sweep = measure_gemm_sweep(hw);
+    ops.insert(ops.end(), sweep.begin(), sweep.end());
+  }
+  Calibration c = summarize_calibration(ops);
+  if (a.has("measure")) {
+    c.memory_bandwidth = measure_memory_bandwidth();
+    c.elementwise_bandwidth = measure_elementwise_bandwidth();
+    c.exp_element_s = measure_exp_element_seconds();
+    c.cross_entropy_logit_s = measure_cross_entropy_logit_seconds();
+  }
   if (a.has("json")) {
     std::printf("%s\n", calibration_json(c).dump(2).c_str());
     return 0;
   }
-  std::printf("calibration of %s (peak %.4g FLOP/s per device) from %s\n\n", hw.name.c_str(), hw.peak_flops,
-              file.c_str());
-  std::printf("%-44s %-20s %12s %10s %12s\n", "benchmark", "kind", "FLOPs", "eff", "model eff");
+  std::printf("calibration of %s (peak %.4g FLOP/s per device)\n\n", hw.name.c_str(), hw.peak_flops);
+  std::printf("%-44s %-20s %12s %10s %12s\n", "benchmark", "kind", "FLOPs", "eff", "file eff");
   for (const OpMeasurement& op : c.ops) {
     const double model = op.kind == "gemm" || op.kind == "grouped_gemm" ? gemm_efficiency(hw, op.flops)
                                                                         : hw.attention_efficiency;
@@ -111,8 +124,13 @@ int calibrate(const CliArgs& a) {
                 model);
   }
   if (c.attention_backward_ratio > 0)
-    std::printf("\nattention backward / forward time: %.2f (the model assumes %.2f)\n", c.attention_backward_ratio,
-                kAttentionBackwardRatio);
+    std::printf("\nattention backward / forward time: %.2f (file: %.2f)\n", c.attention_backward_ratio,
+                hw.attention_backward_ratio);
+  if (c.memory_bandwidth > 0)
+    std::printf("memory bandwidth %.3g B/s (file %.3g), element-wise %.3g B/s (file %.3g),\n"
+                "%.3g s per exp (file %.3g), cross entropy %.3g s per logit (file %.3g)\n",
+                c.memory_bandwidth, hw.memory_bandwidth, c.elementwise_bandwidth, hw.elementwise_bandwidth,
+                c.exp_element_s, hw.exp_element_s, c.cross_entropy_logit_s, hw.cross_entropy_logit_s);
   std::printf("\nhardware-file fields:\n%s\n", calibration_json(c).dump(2).c_str());
   return 0;
 }
@@ -272,9 +290,9 @@ int cmd_plan(const Args& args) {
             {{"model", true}, {"hardware", true}, {"devices", true}, {"seq", true}, {"global-batch", true},
              {"layout", true}, {"rank-layout", true}, {"top", true}, {"overlap", true}, {"imbalance", true},
              {"search-geometry", false}, {"layers", true}, {"hidden", true}, {"experts", true}, {"tolerance", true},
-             {"measured", true}, {"calibrate", true}, {"json", false}});
+             {"measured", true}, {"calibrate", true}, {"measure", false}, {"json", false}});
   UM_CHECK(a.positional().empty(), "plan", "unexpected argument '", a.positional()[0], "'");
-  if (a.has("calibrate")) return calibrate(a);
+  if (a.has("calibrate") || a.has("measure")) return calibrate(a);
   const Inputs in = read_inputs(a);
   UM_CHECK(!(a.has("layout") && a.has("search-geometry")), "plan", "--layout and --search-geometry exclude each other");
   UM_CHECK(!a.has("measured") || a.has("layout"), "plan", "--measured needs --layout (the layout that was measured)");
