@@ -1,10 +1,12 @@
 #include "model/ffn.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <numeric>
 
 #include "ops/gemm.h"
+#include "parallel/comm.h"
 #include "ops/grouped_gemm.h"
 #include "ops/linear.h"
 #include "ops/permute.h"
@@ -80,9 +82,13 @@ void MoeStats::reset(int64_t E) {
 }
 
 template <class T>
-void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools) {
+void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
                 F = c.moe_intermediate_size;
+  ep = ep_size;
+  // the worst case of one rank's received rows: every peer sends it min(K, E/ep) pairs per token
+  max_recv = ep > 1 ? ep * N * std::min(K, E / ep) : 0;
+  const int64_t expert_rows = std::max(N * K, max_recv);
   z = a.alloc<T>(N * E);
   s = a.alloc<T>(N * E);
   idx = a.alloc<int32_t>(N * K);
@@ -93,11 +99,18 @@ void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_po
   row_pair = a.alloc<int32_t>(N * K);
   pair_row = a.alloc<int32_t>(N * K);
   xp = a.alloc<T>(N * K * D);  // dropless worst case: every (token, expert) pair
-  gu = a.alloc<T>(N * K * 2 * F);
-  h = a.alloc<T>(N * K * F);
+  gu = a.alloc<T>(expert_rows * 2 * F);
+  h = a.alloc<T>(expert_rows * F);
   yp = a.alloc<T>(N * K * D);
   fpool = a.alloc<T>(max_pools * E);
   if (c.shared_width() > 0) shared.alloc(a, N, c.shared_width());
+  if (ep > 1) {
+    xe = a.alloc<T>(max_recv * D);
+    ye = a.alloc<T>(max_recv * D);
+    perm = a.alloc<int32_t>(max_recv);
+    local_offsets = a.alloc<int32_t>(E / ep + 1);
+    counts = a.alloc<int64_t>(4 * ep);
+  }
 }
 
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t K, int64_t E) {
@@ -136,14 +149,101 @@ inline T renorm_denominator(const T* s_row, int64_t E, ScoreFunc f) {
   return sum;
 }
 
+// Expert-parallel dispatch (DESIGN 4). The plan's rows are sorted by global expert, so the rows
+// for peer q (experts [q*El, (q+1)*El)) are contiguous. Per-expert counts are exchanged first,
+// then token rows with all_to_all_v; the received rows (peer-major) are gathered expert-major
+// for the grouped GEMM, and the reverse path scatters them back.
+struct Dispatch {
+  int64_t ep, El, D;
+  int64_t *send_rows, *send_off, *recv_rows, *recv_off;
+  int64_t *send_el, *send_el_off, *recv_el, *recv_el_off;  // the same in elements (rows * D)
+
+  template <class T>
+  static Dispatch bind(MoeActs<T>& a, int64_t El, int64_t D, Arena& scratch) {
+    Dispatch d{a.ep, El, D, a.counts, a.counts + a.ep, a.counts + 2 * a.ep, a.counts + 3 * a.ep,
+               nullptr, nullptr, nullptr, nullptr};
+    d.send_el = scratch.alloc<int64_t>(4 * a.ep);
+    d.send_el_off = d.send_el + a.ep;
+    d.recv_el = d.send_el + 2 * a.ep;
+    d.recv_el_off = d.send_el + 3 * a.ep;
+    for (int64_t q = 0; q < a.ep; ++q) {
+      d.send_el[q] = d.send_rows[q] * D;
+      d.send_el_off[q] = d.send_off[q] * D;
+      d.recv_el[q] = d.recv_rows[q] * D;
+      d.recv_el_off[q] = d.recv_off[q] * D;
+    }
+    return d;
+  }
+  // plan side -> expert side (peer-major rows)
+  template <class T>
+  Request forward_async(Comm& c, const T* plan_rows, T* recv) const {
+    return c.iall_to_all_v(plan_rows, send_el, send_el_off, recv, recv_el, recv_el_off, dtype_of<T>());
+  }
+  // expert side (peer-major rows) -> plan side
+  template <class T>
+  void backward(Comm& c, const T* recv, T* plan_rows) const {
+    c.all_to_all_v(recv, recv_el, recv_el_off, plan_rows, send_el, send_el_off, dtype_of<T>());
+  }
+};
+
+// Exchanges the per-expert counts of the plan and fixes the rows each peer sends and receives,
+// the expert-major order of the received rows (perm) and the local experts' offsets.
+template <class T>
+void plan_dispatch(MoeActs<T>& a, Comm& ep, int64_t E, int layer, Arena& scratch) {
+  const int64_t P = a.ep, El = E / P;
+  const size_t mark = scratch.mark();
+  int64_t* cnt = scratch.alloc<int64_t>(E);       // rows per global expert, this rank's plan
+  int64_t* rcnt = scratch.alloc<int64_t>(P * El);  // rows per (peer, local expert) received
+  int64_t* c4 = scratch.alloc<int64_t>(4 * P);
+  for (int64_t e = 0; e < E; ++e) cnt[e] = a.offsets[e + 1] - a.offsets[e];
+  for (int64_t q = 0; q < P; ++q) c4[q] = El, c4[P + q] = q * El, c4[2 * P + q] = El, c4[3 * P + q] = q * El;
+  ep.all_to_all_v(cnt, c4, c4 + P, rcnt, c4 + 2 * P, c4 + 3 * P, DType::i64);
+  int64_t recv = 0;
+  for (int64_t q = 0; q < P; ++q) {
+    a.send_rows_of(q) = a.offsets[(q + 1) * El] - a.offsets[q * El];
+    a.send_off_of(q) = a.offsets[q * El];
+    int64_t r = 0;
+    for (int64_t le = 0; le < El; ++le) r += rcnt[q * El + le];
+    a.recv_rows_of(q) = r;
+    a.recv_off_of(q) = recv;
+    recv += r;
+  }
+  UM_CHECK(recv <= a.max_recv, "moe", "layer ", layer, ": expert-parallel dispatch needs ", recv,
+           " rows on this rank, more than its buffer of ", a.max_recv);
+  a.recv_rows = recv;
+  // expert-major order: local expert le takes, peer by peer, that peer's le rows
+  int64_t at = 0;
+  a.local_offsets[0] = 0;
+  for (int64_t le = 0; le < El; ++le) {
+    for (int64_t q = 0; q < P; ++q) {
+      int64_t src = a.recv_off_of(q);
+      for (int64_t k = 0; k < le; ++k) src += rcnt[q * El + k];
+      for (int64_t i = 0; i < rcnt[q * El + le]; ++i) a.perm[at++] = static_cast<int32_t>(src + i);
+    }
+    a.local_offsets[le + 1] = static_cast<int32_t>(at);
+  }
+  scratch.release(mark);
+}
+
+template <class T>
+void gather_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t D, const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n * D))
+  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * D, src + int64_t(perm[i]) * D, sizeof(T) * D);
+}
+template <class T>
+void scatter_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t D, const Ctx& ctx) {
+#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n * D))
+  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + int64_t(perm[i]) * D, src + i * D, sizeof(T) * D);
+}
+
 }  // namespace
 
 template <class T>
 void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, const T* buffers,
                  const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
-                 const Ctx& ctx) {
+                 Arena& scratch, const Ctx& ctx) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
-                F = c.moe_intermediate_size;
+                F = c.moe_intermediate_size, El = E / a.ep;
   st.reset(E);
   st.tokens = N;
 
@@ -164,25 +264,55 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
     keep = a.keep;
   }
   a.rows = routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, keep, N, int(K), E);
-
-  // experts: permute -> [gate|up] grouped GEMM -> SwiGLU -> down grouped GEMM -> combine
-  const int64_t stride = 3 * F * D;  // one expert's gate|up|down block
   permute_rows_forward<T>(a.xp, x, a.row_pair, a.rows, int(K), D, ctx);
-  grouped_linear_forward<T>(a.gu, a.xp, D, w + p.experts, stride, a.offsets, E, D, 2 * F, ctx);
-  swiglu_forward<T>(a.h, a.gu, a.rows, F, ctx);
-  grouped_linear_forward<T>(a.yp, a.h, F, w + p.experts + 2 * F * D, stride, a.offsets, E, F, D, ctx);
-  combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, false, ctx);
-  if (p.shared.width > 0) mlp_forward<T>(y, true, a.shared, x, w, p.shared, N, D, ctx);
 
-  // balance statistics over this micro-batch's pools (DESIGN 1.6)
+  // experts: [gate|up] grouped GEMM -> SwiGLU -> down grouped GEMM, over the local experts.
+  // The shared experts write y first; the routed experts add to it.
+  const bool shared = p.shared.width > 0;
+  const int64_t stride = 3 * F * D;  // one expert's gate|up|down block
+  auto experts = [&](const T* in, T* out, int64_t rows, const int32_t* offsets) {
+    grouped_linear_forward<T>(a.gu, in, D, w + p.experts, stride, offsets, El, D, 2 * F, ctx);
+    swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
+    grouped_linear_forward<T>(out, a.h, F, w + p.experts + 2 * F * D, stride, offsets, El, F, D, ctx);
+  };
+  if (a.ep == 1) {
+    if (shared) mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);
+    experts(a.xp, a.yp, a.rows, a.offsets);
+  } else {
+    Comm& ep = *o.comms.ep;
+    plan_dispatch(a, ep, E, o.layer, scratch);
+    const size_t mark = scratch.mark();
+    const Dispatch d = Dispatch::bind(a, El, D, scratch);
+    T* peer_rows = scratch.alloc<T>(a.recv_rows * D);
+    {
+      Request sent = d.forward_async(ep, a.xp, peer_rows);
+      if (shared) mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);  // overlaps the dispatch
+      sent.wait();
+    }
+    gather_rows(a.xe, peer_rows, a.perm, a.recv_rows, D, ctx);
+    experts(a.xe, a.ye, a.recv_rows, a.local_offsets);
+    scatter_rows(peer_rows, a.ye, a.perm, a.recv_rows, D, ctx);
+    d.backward(ep, peer_rows, a.yp);
+    scratch.release(mark);
+  }
+  combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, shared, ctx);
+
+  // balance statistics over this micro-batch's pools (DESIGN 1.6); pooled scopes that span
+  // ranks add their counts and sizes over the pool's ranks
   const int64_t pr = o.pool_rows, n_pools = N / pr;
-  const T f_scale = T(E) / T(K * pr);
+  int64_t pool_ranks = 1;
   for (int64_t q = 0; q < n_pools; ++q) {
     T* f = a.fpool + q * E;
     std::fill(f, f + E, T(0));
     for (int64_t i = q * pr * K; i < (q + 1) * pr * K; ++i) f[a.idx[i]] += 1;
-    for (int64_t e = 0; e < E; ++e) f[e] *= f_scale;
   }
+  if (o.comms.pool && o.comms.pool->size() > 1) {
+    o.comms.pool->all_reduce(a.fpool, n_pools * E, dtype_of<T>(), ReduceOp::sum);
+    pool_ranks = o.comms.pool->size();
+  }
+  const T f_scale = T(E) / T(K * pr * pool_ranks);
+  for (int64_t i = 0; i < n_pools * E; ++i) a.fpool[i] *= f_scale;
+  const double pool_size = double(pr * pool_ranks);
   for (int64_t n = 0; n < N; ++n) {
     const T* s_row = a.s + n * E;
     const T* f = a.fpool + (n / pr) * E;
@@ -193,7 +323,7 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
       bal += double(f[e]) * sp;
       if (sp > 0) ent -= sp * std::log(sp);
     }
-    st.balance += bal / double(pr);
+    st.balance += bal / pool_size;
     st.entropy_sum += ent;
     const T* z_row = a.z + n * E;
     T m = *std::max_element(z_row, z_row + E), l = 0;
@@ -204,33 +334,55 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
 }
 
 template <class T>
-void moe_backward(T* dx, const T* dy, const MoeActs<T>& a, const T* x, const T* w, T* g,
+void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* g,
                   const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                   Arena& scratch, const Ctx& ctx) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
-                F = c.moe_intermediate_size, R = a.rows, stride = 3 * F * D;
+                F = c.moe_intermediate_size, R = a.rows, stride = 3 * F * D, El = E / a.ep;
+  const int64_t rows = a.ep == 1 ? R : a.recv_rows;  // rows on the expert side
+  const bool shared = p.shared.width > 0;
   const size_t mark = scratch.mark();
   T* dyp = scratch.alloc<T>(R * D);
   T* dgate = scratch.alloc<T>(N * K);
-  T* dh = scratch.alloc<T>(R * F);
-  T* dgu = scratch.alloc<T>(R * 2 * F);
   T* dxp = scratch.alloc<T>(R * D);
+  T* dh = scratch.alloc<T>(rows * F);
+  T* dgu = scratch.alloc<T>(rows * 2 * F);
   T* ds = scratch.alloc<T>(N * E);
   T* dz = scratch.alloc<T>(N * E);
 
-  // routed experts, in reverse
+  // routed experts, in reverse; the shared experts write dx first
   combine_rows_backward<T>(dyp, dgate, dy, a.yp, a.gate, a.pair_row, N, int(K), D, ctx);
-  grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, dyp, a.h, F, w + p.experts + 2 * F * D,
-                             stride, a.offsets, E, F, D, ctx);
-  swiglu_backward<T>(dgu, dh, a.gu, R, F, ctx);
-  grouped_linear_backward<T>(dxp, g + p.experts, dgu, a.xp, D, w + p.experts, stride, a.offsets,
-                             E, D, 2 * F, ctx);
-  permute_rows_backward<T>(dx, dxp, a.pair_row, N, int(K), D, false, ctx);
-  if (p.shared.width > 0)
-    mlp_backward<T>(dx, true, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+  auto experts = [&](const T* dout, T* din, const T* in, const int32_t* offsets) {
+    grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, dout, a.h, F, w + p.experts + 2 * F * D,
+                               stride, offsets, El, F, D, ctx);
+    swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
+    grouped_linear_backward<T>(din, g + p.experts, dgu, in, D, w + p.experts, stride, offsets, El, D,
+                               2 * F, ctx);
+  };
+  if (a.ep == 1) {
+    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+    experts(dyp, dxp, a.xp, a.offsets);
+  } else {
+    Comm& ep = *o.comms.ep;
+    const Dispatch d = Dispatch::bind(a, El, D, scratch);
+    T* peer_rows = scratch.alloc<T>(rows * D);
+    T* d_exp = scratch.alloc<T>(rows * D);
+    T* dx_exp = scratch.alloc<T>(rows * D);
+    {
+      Request sent = d.forward_async(ep, dyp, peer_rows);  // gradients travel like the tokens did
+      if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+      sent.wait();
+    }
+    gather_rows(d_exp, peer_rows, a.perm, rows, D, ctx);
+    experts(d_exp, dx_exp, a.xe, a.local_offsets);
+    scatter_rows(peer_rows, dx_exp, a.perm, rows, D, ctx);
+    d.backward(ep, peer_rows, dxp);
+  }
+  permute_rows_backward<T>(dx, dxp, a.pair_row, N, int(K), D, shared, ctx);
 
   // router: balance loss through s' (all experts), gates through the selected ones, z-loss
   const int64_t pr = o.pool_rows;
+  const int64_t pool_ranks = o.comms.pool && o.comms.pool->size() > 1 ? o.comms.pool->size() : 1;
 #pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * E))
   for (int64_t n = 0; n < N; ++n) {
     T* ds_row = ds + n * E;
@@ -238,7 +390,7 @@ void moe_backward(T* dx, const T* dy, const MoeActs<T>& a, const T* x, const T* 
     if (o.balance_coef == 0) continue;
     const T* s_row = a.s + n * E;
     const T* f = a.fpool + (n / pr) * E;
-    const T coef = T(o.balance_coef / double(pr));
+    const T coef = T(o.balance_coef / double(pr * pool_ranks));
     if (c.scoring_func == ScoreFunc::softmax) {
       for (int64_t e = 0; e < E; ++e) ds_row[e] = coef * f[e];
     } else {  // s' = s / sum(s)
@@ -275,8 +427,8 @@ void moe_backward(T* dx, const T* dy, const MoeActs<T>& a, const T* x, const T* 
                                 const MlpParams&, int64_t, int64_t, Arena&, const Ctx&);         \
   template void moe_forward<T>(T*, MoeActs<T>&, MoeStats&, const T*, const T*, const T*,         \
                                const MoeParams&, const ModelConfig&, const MoeOptions&, int64_t, \
-                               const Ctx&);                                                      \
-  template void moe_backward<T>(T*, const T*, const MoeActs<T>&, const T*, const T*, T*,         \
+                               Arena&, const Ctx&);                                              \
+  template void moe_backward<T>(T*, const T*, MoeActs<T>&, const T*, const T*, T*,               \
                                 const MoeParams&, const ModelConfig&, const MoeOptions&, int64_t, \
                                 Arena&, const Ctx&);
 UM_INSTANTIATE(float)

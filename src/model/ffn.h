@@ -1,9 +1,12 @@
 // The feed-forward blocks (DESIGN 1.5): the dense SwiGLU MLP (first_k_dense_replace layers and
 // the shared experts) and the MoE block, decomposed Megatron-style:
-//   route (z, s, top-k, gates) -> [capacity] -> permute -> experts (grouped GEMM) -> combine
-// plus the balance statistics of DESIGN 1.6. One RoutingPlan (indices, gates, permutation) is
-// the only thing that flows from the router to dispatch, experts and combine.
-// This file is the single-process path: every expert is local and dispatch is the identity.
+//   route (z, s, top-k, gates) -> [capacity] -> permute -> dispatch -> experts (grouped GEMM)
+//   -> combine-dispatch back -> unpermute with the gates
+// plus the balance statistics of DESIGN 1.6. One routing plan (indices, gates, permutation) is
+// the only thing that flows from the router to dispatch, experts and combine, and only the two
+// dispatch stages communicate. With expert parallelism (an EP group of size ep > 1) each rank
+// holds E/ep experts; dispatch is an all_to_all_v of token rows inside the EP group (DESIGN 4),
+// overlapped with the shared experts. With ep = 1 dispatch is the identity.
 #pragma once
 
 #include <cstdint>
@@ -50,14 +53,24 @@ struct MoeParams {
   static MoeParams resolve(const ParamTable& t, const ModelConfig& c, int layer);
 };
 
+class Comm;
+
+// The groups a MoE layer communicates in (all null in one process).
+struct MoeComms {
+  Comm* ep = nullptr;    // the EP group: ep ranks holding E/ep experts each; null = all local
+  Comm* pool = nullptr;  // the ranks sharing a balance pool (ep_group, global); null = local
+};
+
 // How one MoE forward routes and which loss terms it carries (DESIGN 1.5, 1.6).
 struct MoeOptions {
   TopkSpec spec;
   bool use_bias = false;         // aux-free bias in the selection
   double capacity_factor = 0;    // 0 = dropless
-  int64_t pool_rows = 0;         // rows per balance pool in this micro-batch
+  int64_t pool_rows = 0;         // rows per balance pool in this micro-batch (on this rank)
   double balance_coef = 0;       // alpha / (pools in the step); 0 = no balance loss
   double z_coef = 0;             // beta_z / (tokens this layer sees in the step); 0 = off
+  MoeComms comms;
+  int layer = -1;                // for error messages
 };
 
 // Statistics of one MoE forward (one layer, one micro-batch).
@@ -90,18 +103,30 @@ struct MoeActs {
   T* yp = nullptr;           // (R, D)
   T* fpool = nullptr;        // (pools, E) f_i(S) of this micro-batch's pools
   MlpActs<T> shared;
-  void alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools);
+  // expert parallelism: rows received for the local experts, expert-major
+  int64_t ep = 1, max_recv = 0;    // group size; buffer rows (ep * N * min(K, E/ep))
+  int64_t recv_rows = 0;
+  T* xe = nullptr;                 // (recv, D) inputs of the local experts
+  T* ye = nullptr;                 // (recv, D) their outputs
+  int32_t* perm = nullptr;         // (recv) expert-major row -> row of the received buffer
+  int32_t* local_offsets = nullptr;  // (E/ep + 1) over xe
+  int64_t* counts = nullptr;       // (4 ep) rows sent/received per peer and their offsets
+  int64_t& send_rows_of(int64_t q) { return counts[q]; }
+  int64_t& send_off_of(int64_t q) { return counts[ep + q]; }
+  int64_t& recv_rows_of(int64_t q) { return counts[2 * ep + q]; }
+  int64_t& recv_off_of(int64_t q) { return counts[3 * ep + q]; }
+  void alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size);
 };
 
-// y (N, D) = MoE(x), written.
+// y (N, D) = MoE(x), written. Dispatch temporaries come from `scratch`.
 template <class T>
 void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, const T* buffers,
                  const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
-                 const Ctx& ctx);
+                 Arena& scratch, const Ctx& ctx);
 
 // dx (N, D) written from dy; gradients accumulate into g.
 template <class T>
-void moe_backward(T* dx, const T* dy, const MoeActs<T>& a, const T* x, const T* w, T* g,
+void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* g,
                   const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                   Arena& scratch, const Ctx& ctx);
 

@@ -9,6 +9,7 @@
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "parallel/comm.h"
 
 namespace um {
 
@@ -77,7 +78,7 @@ struct LayerActs {
   T* ffn = nullptr;       // (N, D) FFN output
   T* rstd_pf = nullptr;   // (N) post-FFN norm (sandwich)
 
-  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe) {
+  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe, int64_t ep) {
     const int64_t N = B * T_, D = c.hidden_size;
     a_n = a.alloc<T>(N * D);
     rstd_in = a.alloc<T>(N);
@@ -87,7 +88,7 @@ struct LayerActs {
     x_mid = a.alloc<T>(N * D);
     f_n = a.alloc<T>(N * D);
     rstd_pre = a.alloc<T>(N);
-    if (is_moe) moe.alloc(a, c, N, B);
+    if (is_moe) moe.alloc(a, c, N, B, ep);
     else mlp.alloc(a, N, c.intermediate_size);
     ffn = a.alloc<T>(N * D);
     rstd_pf = a.alloc<T>(N);
@@ -103,7 +104,7 @@ void add_inplace(T* y, const T* x, int64_t n, const Ctx& ctx) {
 template <class T>
 void layer_forward(T* x_out, const T* x_in, LayerActs<T>& a, MoeStats* st, const LayerParams& p,
                    const T* w, const T* buf, const ModelConfig& c, const SeqView& seq,
-                   const RopeTables<T>& rope, const MoeOptions& mo, const Ctx& ctx) {
+                   const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch, const Ctx& ctx) {
   const int64_t N = seq.rows(), D = c.hidden_size;
   const double eps = c.rms_norm_eps;
   rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, w + p.in_norm, N, D, eps, ctx);
@@ -116,8 +117,12 @@ void layer_forward(T* x_out, const T* x_in, LayerActs<T>& a, MoeStats* st, const
     add_inplace<T>(a.x_mid, a.att, N * D, ctx);
   }
   rmsnorm_forward<T>(a.f_n, D, a.rstd_pre, a.x_mid, D, w + p.pre_ffn_norm, N, D, eps, ctx);
-  if (p.moe) moe_forward<T>(a.ffn, a.moe, *st, a.f_n, w, buf, p.moe_p, c, mo, N, ctx);
-  else mlp_forward<T>(a.ffn, false, a.mlp, a.f_n, w, p.dense, N, D, ctx);
+  if (p.moe) {
+    MoeOptions o = mo;
+    o.layer = p.index;
+    moe_forward<T>(a.ffn, a.moe, *st, a.f_n, w, buf, p.moe_p, c, o, N, scratch, ctx);
+  }
+  if (!p.moe) mlp_forward<T>(a.ffn, false, a.mlp, a.f_n, w, p.dense, N, D, ctx);
   if (c.sandwich_norm) {
     rmsnorm_forward<T>(x_out, D, a.rstd_pf, a.ffn, D, w + p.post_ffn_norm, N, D, eps, ctx);
     add_inplace<T>(x_out, a.x_mid, N * D, ctx);
@@ -129,7 +134,7 @@ void layer_forward(T* x_out, const T* x_in, LayerActs<T>& a, MoeStats* st, const
 
 // dres: in, the gradient of the layer output; out, the gradient of its input (residual stream).
 template <class T>
-void layer_backward(T* dres, const T* x_in, const LayerActs<T>& a, const LayerParams& p,
+void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& p,
                     const T* w, T* g, const ModelConfig& c, const SeqView& seq,
                     const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch,
                     const Ctx& ctx) {
@@ -167,15 +172,17 @@ void layer_backward(T* dres, const T* x_in, const LayerActs<T>& a, const LayerPa
 
 // Upper bound of the scratch memory one backward needs, in elements of T (layer temporaries,
 // the larger of the attention and FFN temporaries, and the MTP temporaries).
-int64_t backward_scratch_elements(const ModelConfig& c, int64_t N) {
+int64_t backward_scratch_elements(const ModelConfig& c, int64_t N, int64_t ep) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, dqk = c.qk_head_dim(),
                 dv = c.v_head_dim, nope = c.qk_nope_head_dim, kvw = c.kv_lora_rank + c.qk_rope_head_dim;
   const int64_t mla = N * (H * dv * 2 + H * dqk * 2 + H * (nope + dv) + kvw + c.kv_lora_rank +
                            2 * c.q_lora_rank);
   const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts, F = c.moe_intermediate_size,
                 R = N * K;
+  // expert-side rows: the plan's own with ep = 1, else the worst case received from the EP group
+  const int64_t Rx = ep > 1 ? std::max(R, ep * N * std::min(K, E / ep)) : R;
   const int64_t mlp = N * 3 * std::max<int64_t>(c.intermediate_size, c.shared_width());
-  const int64_t moe = R * D * 2 + N * K + R * F * 3 + N * E * 2 + mlp;
+  const int64_t moe = R * D * 2 + N * K + Rx * F * 3 + N * E * 2 + mlp + (ep > 1 ? 3 * Rx * D + E * 8 : 0);
   const int64_t layer = 4 * N * D + std::max({mla, moe, mlp});
   const int64_t top = N * D * 6;  // main dres + MTP dres, dcat (2D), d emb, d hprev
   return top + layer + 64 * 64;   // + alignment slack
@@ -232,12 +239,14 @@ struct Model<T>::Impl {
     }
   }
 
+  int64_t ep = 1;
+
   void layout(Arena& a, int64_t B, int64_t T_) {
     const int64_t N = B * T_, D = c.hidden_size, L = c.num_hidden_layers;
     res.assign(L + 1, nullptr);
     for (auto& r : res) r = a.alloc<T>(N * D);
     lacts.assign(L, LayerActs<T>{});
-    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l));
+    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l), ep);
     h0 = a.alloc<T>(N * D);
     rstd_final = a.alloc<T>(N);
     dh0 = a.alloc<T>(N * D);
@@ -255,7 +264,7 @@ struct Model<T>::Impl {
       m.hn = a.alloc<T>(Nk * D);
       m.rstd_n = a.alloc<T>(Nk);
       m.dhn = a.alloc<T>(Nk * D);
-      m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1));
+      m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1), ep);
     }
   }
 };
@@ -267,17 +276,19 @@ Model<T>::Model(const ModelConfig& c, const ParamTable& table, const ModelOption
   UM_CHECK(opt.seq_len <= c.max_position_embeddings, "model", "seq_len ", opt.seq_len,
            " exceeds max_position_embeddings ", c.max_position_embeddings);
   UM_CHECK(opt.micro_batch >= 1, "model", "micro_batch must be >= 1, got ", opt.micro_batch);
-  UM_CHECK(table.n_local_experts == c.n_routed_experts, "model",
-           "this model path holds every expert locally; the table has ", table.n_local_experts,
-           " of ", c.n_routed_experts);
+  const int64_t ep = opt.comms.ep ? opt.comms.ep->size() : 1;
+  UM_CHECK(c.n_routed_experts == 0 || table.n_local_experts * ep == c.n_routed_experts, "model",
+           "the parameter table holds ", table.n_local_experts, " experts per rank, but an EP group of ", ep,
+           " needs ", c.n_routed_experts / std::max<int64_t>(ep, 1));
   for (int l = 0; l < c.n_layers_total(); ++l)
     if (c.is_moe_layer(l)) moe_layers_.push_back(l);
   impl_ = std::make_unique<Impl>(cfg_, table);
+  impl_->ep = ep;
   Arena probe = Arena::counting();
   impl_->layout(probe, opt.micro_batch, opt.seq_len);
   impl_->acts = Arena(probe.used());
   impl_->layout(impl_->acts, opt.micro_batch, opt.seq_len);
-  impl_->scratch = Arena(sizeof(T) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len));
+  impl_->scratch = Arena(sizeof(T) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len, ep));
   const int64_t half = c.qk_rope_head_dim / 2;
   impl_->rope_cos.resize(opt.seq_len * half);
   impl_->rope_sin.resize(opt.seq_len * half);
@@ -379,6 +390,7 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
     o.pool_rows = opt_.balance_scope == BalanceScope::sequence ? rows_per_seq : B * rows_per_seq;
     o.balance_coef = sc.balance_alpha / sc.n_pools;
     o.z_coef = sc.z_coef / double(sc.n_sequences * rows_per_seq);
+    o.comms = opt_.comms;
     return o;
   };
   auto stats_for = [&](int layer) -> MoeStats* {
@@ -397,7 +409,7 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
   embedding_forward<T>(m.res[0], m.wb.main.ids.data(), w + m.embed, N, D, ctx);
   for (int64_t l = 0; l < L; ++l) {
     layer_forward<T>(m.res[l + 1], m.res[l], m.lacts[l], stats_for(int(l)), m.layers[l], w, buf,
-                     c, main_seq, rope, main_mo, ctx);
+                     c, main_seq, rope, main_mo, m.scratch, ctx);
     if (cap) cap->hidden[l].assign(m.res[l + 1], m.res[l + 1] + N * D);
   }
   rmsnorm_forward<T>(m.h0, D, m.rstd_final, m.res[L], D, w + m.final_norm, N, D, c.rms_norm_eps, ctx);
@@ -428,7 +440,7 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
     linear_forward<T>(a.h_in, D, a.cat, 2 * D, w + mp.eh_proj, Nk, 2 * D, D, ctx);
     const int layer = int(L + k - 1);
     layer_forward<T>(a.h_out, a.h_in, a.layer, stats_for(layer), m.layers[layer], w, buf, c, seq,
-                     rope, moe_options(Tk), ctx);
+                     rope, moe_options(Tk), m.scratch, ctx);
     rmsnorm_forward<T>(a.hn, D, a.rstd_n, a.h_out, D, w + mp.head_norm, Nk, D, c.rms_norm_eps, ctx);
     if (cap) {
       cap->hidden[layer].assign(a.h_out, a.h_out + Nk * D);

@@ -33,6 +33,7 @@ struct ModelOptions {
   BalanceScope balance_scope = BalanceScope::micro_batch;
   double capacity_factor = 0;      // 0 = dropless (training only)
   bool aux_free = false;           // use the aux-free bias in selection (noaux_tc implies it)
+  MoeComms comms;                  // expert parallelism and cross-rank balance pools (null: local)
 };
 
 // Normalisations known before the forward (DESIGN 1.6-1.8), the same on every micro-batch of a

@@ -147,7 +147,7 @@ void add_mtp_inputs(TableBuilder& b, const ModelConfig& c, int layer) {
 
 }  // namespace
 
-ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
+ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size, int64_t pad) {
   const int64_t E = c.n_routed_experts, D = c.hidden_size, F = c.moe_intermediate_size;
   UM_CHECK(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size, "params", "bad EP rank ", ep_rank,
            " of ", ep_size);
@@ -168,6 +168,8 @@ ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
   }
   b.gain("model.norm.weight", D, 1.0, Component::final_norm, -1);
   if (!c.tie_word_embeddings) b.matrix("lm_head.weight", c.vocab_size, D, Component::lm_head, -1);
+  auto round_up = [pad](int64_t n) { return pad > 1 ? (n + pad - 1) / pad * pad : n; };
+  t.n_elements = round_up(t.n_elements);
   t.n_replicated = t.n_elements;
 
   t.n_local_experts = E / ep_size;
@@ -183,6 +185,7 @@ ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
       b.matrix(x + "down_proj.weight", D, F, Component::routed_expert, layer, ei);
     }
   }
+  t.n_elements = t.n_replicated + round_up(t.n_elements - t.n_replicated);
   return t;
 }
 

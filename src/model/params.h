@@ -58,7 +58,7 @@ struct BufferInfo {
 struct ParamTable {
   std::vector<ParamInfo> params;
   std::vector<BufferInfo> buffers;
-  int64_t n_elements = 0;           // flat parameter buffer size
+  int64_t n_elements = 0;           // flat parameter buffer size (padding included)
   int64_t n_replicated = 0;         // elements [0, n_replicated) are replicated on every rank
   int64_t n_buffer_elements = 0;
   int64_t first_expert = 0, n_local_experts = 0;  // routed experts this table holds
@@ -73,7 +73,9 @@ struct ParamTable {
 
 // The full table (all experts) when ep_size = 1, else the slice of EP rank ep_rank: experts
 // [ep_rank*E/ep_size, (ep_rank+1)*E/ep_size). Names carry global expert indices.
-ParamTable build_param_table(const ModelConfig& c, int ep_rank = 0, int ep_size = 1);
+// pad > 1 rounds the replicated region and the expert region each up to a multiple of pad
+// elements (zeros that belong to no tensor), so they split into equal shards (ZeRO-1).
+ParamTable build_param_table(const ModelConfig& c, int ep_rank = 0, int ep_size = 1, int64_t pad = 1);
 
 // The standard deviation of a weight matrix under the config's init method (DESIGN 1.3).
 double matrix_init_std(const ModelConfig& c);

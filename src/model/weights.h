@@ -45,9 +45,11 @@ struct ParamStore {
   AlignedArray<T> buf;         // buffers (aux-free biases), not trained by gradient
 
   ParamStore() = default;
-  explicit ParamStore(const ParamTable& t)
-      : w(t.n_elements), g(t.n_elements), m(t.n_elements), v(t.n_elements),
-        buf(t.n_buffer_elements) {}
+  // moment_elements < 0: moments for every element (no ZeRO)
+  explicit ParamStore(const ParamTable& t, int64_t moment_elements = -1)
+      : w(t.n_elements), g(t.n_elements),
+        m(moment_elements < 0 ? t.n_elements : moment_elements),
+        v(moment_elements < 0 ? t.n_elements : moment_elements), buf(t.n_buffer_elements) {}
 
   TensorView weight(const ParamInfo& p) { return TensorView::of(w.data() + p.offset, p.shape); }
   TensorView grad(const ParamInfo& p) { return TensorView::of(g.data() + p.offset, p.shape); }

@@ -8,10 +8,12 @@
 #include <cstdlib>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 
 #include "core/safetensors.h"
+#include "parallel/comm.h"
 
 namespace um {
 
@@ -89,10 +91,20 @@ json hf_config_json(const ModelConfig& c) {
   return j;
 }
 
-template <class T>
-std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
-                            const ParamStore<T>& ps, const TrainerState& state,
-                            const std::string& tokenizer_path) {
+namespace {
+
+// Writes the checkpoint directory from named fp32 tensors (rank 0 only).
+struct NamedTensors {
+  struct Item {
+    std::string name;
+    Shape shape;
+    const float *w, *m, *v;  // m, v null for buffers
+  };
+  std::vector<Item> items;
+};
+
+std::string write_checkpoint_dir(const std::string& root, const RunConfig& rc, const NamedTensors& t,
+                                 const TrainerState& state, const std::string& tokenizer_path) {
   std::error_code ec;
   fs::create_directories(root, ec);
   UM_CHECK(!ec, "checkpoint", "cannot create ", root, ": ", ec.message());
@@ -102,28 +114,19 @@ std::string save_checkpoint(const std::string& root, const RunConfig& rc, const 
   fs::create_directory(tmp, ec);
   UM_CHECK(!ec, "checkpoint", "cannot create ", tmp, ": ", ec.message());
 
-  // weights and buffers in fp32 (DESIGN 6)
-  std::vector<std::vector<float>> hold;
-  auto f32 = [&](const T* src, int64_t n) {
-    hold.emplace_back(src, src + n);
-    return static_cast<const void*>(hold.back().data());
-  };
-  hold.reserve(3 * table.params.size() + table.buffers.size());
-  SafetensorsWriter model;
-  for (const ParamInfo& p : table.params) model.add(p.name, DType::f32, p.shape, f32(ps.w.data() + p.offset, p.numel));
-  for (const BufferInfo& b : table.buffers) model.add(b.name, DType::f32, {b.numel}, f32(ps.buf.data() + b.offset, b.numel));
+  SafetensorsWriter model, opt;
+  for (const auto& it : t.items) {
+    model.add(it.name, DType::f32, it.shape, it.w);
+    if (it.m) {
+      opt.add(it.name + ".exp_avg", DType::f32, it.shape, it.m);
+      opt.add(it.name + ".exp_avg_sq", DType::f32, it.shape, it.v);
+    }
+  }
   model.set_metadata("format", "pt");
   model.write(tmp + "/model.safetensors", true);
   failpoint("checkpoint.after_model");
-
-  SafetensorsWriter opt;
-  for (const ParamInfo& p : table.params) {
-    opt.add(p.name + ".exp_avg", DType::f32, p.shape, f32(ps.m.data() + p.offset, p.numel));
-    opt.add(p.name + ".exp_avg_sq", DType::f32, p.shape, f32(ps.v.data() + p.offset, p.numel));
-  }
   opt.set_metadata("adam_step", std::to_string(state.adam_step));
   opt.write(tmp + "/optimizer.safetensors", true);
-
   write_text(tmp + "/config.json", hf_config_json(rc.model).dump(2) + "\n");
   write_text(tmp + "/ultramoe.json", rc.to_json().dump(2) + "\n");
   write_text(tmp + "/trainer_state.json", state.to_json().dump(2) + "\n");
@@ -148,6 +151,105 @@ std::string save_checkpoint(const std::string& root, const RunConfig& rc, const 
   }
   fsync_path(root, true);
   return final_dir;
+}
+
+template <class T>
+std::vector<float> to_f32(const T* p, int64_t n) {
+  return std::vector<float>(p, p + n);
+}
+
+}  // namespace
+
+template <class T>
+std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
+                            const ParamStore<T>& ps, const Optimizer& opt, const TrainerState& state,
+                            const std::string& tokenizer_path, const StepGroups& g) {
+  const int rank = g.world_rank(), ep = g.ep_size();
+  const int64_t n = table.n_elements, n_rep = table.n_replicated, n_exp = n - n_rep;
+  // 1. every element's moments for this rank's table (ZeRO-1 keeps only a shard)
+  std::vector<float> w = to_f32(ps.w.data(), n), m(n, 0.0f), v(n, 0.0f);
+  if (!opt.zero) {
+    m = to_f32(ps.m.data(), n);
+    v = to_f32(ps.v.data(), n);
+  } else {
+    const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
+    std::vector<float> md = to_f32(ps.m.data(), dchunk), vd = to_f32(ps.v.data(), dchunk);
+    std::vector<float> me = to_f32(ps.m.data() + dchunk, echunk), ve = to_f32(ps.v.data() + dchunk, echunk);
+    if (g.world && g.world->size() > 1) {
+      g.world->all_gather(md.data(), m.data(), dchunk, DType::f32);
+      g.world->all_gather(vd.data(), v.data(), dchunk, DType::f32);
+    } else {
+      std::copy(md.begin(), md.end(), m.begin());
+      std::copy(vd.begin(), vd.end(), v.begin());
+    }
+    if (g.edp && g.edp->size() > 1) {
+      g.edp->all_gather(me.data(), m.data() + n_rep, echunk, DType::f32);
+      g.edp->all_gather(ve.data(), v.data() + n_rep, echunk, DType::f32);
+    } else {
+      std::copy(me.begin(), me.end(), m.begin() + n_rep);
+      std::copy(ve.begin(), ve.end(), v.begin() + n_rep);
+    }
+  }
+  // 2. rank 0 collects the expert regions of EP ranks 1..ep-1 (world ranks 1..ep-1, EP group 0)
+  std::vector<std::vector<float>> remote(3 * std::max(ep - 1, 0));
+  if (ep > 1) {
+    if (rank == 0) {
+      for (int q = 1; q < ep; ++q)
+        for (int k = 0; k < 3; ++k) {
+          auto& buf = remote[3 * (q - 1) + k];
+          buf.resize(n_exp);
+          g.world->recv(buf.data(), n_exp, DType::f32, q, 100 + k);
+        }
+    } else if (rank < ep) {
+      g.world->send(w.data() + n_rep, n_exp, DType::f32, 0, 100);
+      g.world->send(m.data() + n_rep, n_exp, DType::f32, 0, 101);
+      g.world->send(v.data() + n_rep, n_exp, DType::f32, 0, 102);
+    }
+  }
+  // 3. rank 0 writes; every rank learns whether it worked
+  std::string dir;
+  std::exception_ptr error;
+  if (rank == 0) {
+    try {
+      std::vector<float> buf = to_f32(ps.buf.data(), table.n_buffer_elements);
+      NamedTensors t;
+      for (const ParamInfo& p : table.params)
+        if (p.expert < 0 || ep == 1)
+          t.items.push_back({p.name, p.shape, w.data() + p.offset, m.data() + p.offset, v.data() + p.offset});
+      std::vector<ParamTable> others;
+      for (int q = 0; q < ep && ep > 1; ++q) {
+        others.push_back(build_param_table(rc.model, q, ep, 1));
+        const ParamTable& tq = others.back();
+        const float* base[3] = {q == 0 ? w.data() + n_rep : remote[3 * (q - 1)].data(),
+                                q == 0 ? m.data() + n_rep : remote[3 * (q - 1) + 1].data(),
+                                q == 0 ? v.data() + n_rep : remote[3 * (q - 1) + 2].data()};
+        for (const ParamInfo& p : tq.params) {
+          if (p.expert < 0) continue;
+          const int64_t at = p.offset - tq.n_replicated;  // padding only ever follows a region
+          t.items.push_back({p.name, p.shape, base[0] + at, base[1] + at, base[2] + at});
+        }
+      }
+      for (const BufferInfo& b : table.buffers) t.items.push_back({b.name, {b.numel}, buf.data() + b.offset, nullptr, nullptr});
+      dir = write_checkpoint_dir(root, rc, t, state, tokenizer_path);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  if (g.world && g.world->size() > 1) {
+    int64_t failed = error ? 1 : 0;
+    g.world->all_reduce(&failed, 1, DType::i64, ReduceOp::max);
+    if (failed && rank != 0) fail("checkpoint", "rank 0 failed to write the checkpoint of step ", state.step);
+  }
+  if (error) std::rethrow_exception(error);
+  return rank == 0 ? dir : root + "/" + checkpoint_name(state.step);
+}
+
+template <class T>
+std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
+                            const ParamStore<T>& ps, const TrainerState& state,
+                            const std::string& tokenizer_path) {
+  return save_checkpoint<T>(root, rc, table, ps, Optimizer::full(table, false), state, tokenizer_path,
+                            StepGroups{});
 }
 
 std::vector<std::string> list_checkpoints(const std::string& root) {
@@ -197,7 +299,7 @@ TrainerState read_trainer_state(const std::string& dir) {
 
 template <class T>
 void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore<T>& ps,
-                     bool optimizer) {
+                     const Optimizer* optimizer) {
   const SafetensorsFile model(dir + "/model.safetensors");
   size_t expected = table.params.size() + table.buffers.size();
   for (const ParamInfo& p : table.params) {
@@ -219,18 +321,32 @@ void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore
   }
   if (!optimizer) return;
   const SafetensorsFile opt(dir + "/optimizer.safetensors");
+  std::vector<T> m, v;
   for (const ParamInfo& p : table.params) {
-    opt.read_into<T>(p.name + ".exp_avg", ps.m.data() + p.offset, p.shape);
-    opt.read_into<T>(p.name + ".exp_avg_sq", ps.v.data() + p.offset, p.shape);
+    m.resize(p.numel);
+    v.resize(p.numel);
+    opt.read_into<T>(p.name + ".exp_avg", m.data(), p.shape);
+    opt.read_into<T>(p.name + ".exp_avg_sq", v.data(), p.shape);
+    for (const DecayRun& r : optimizer->runs) {  // keep the elements this rank's optimizer owns
+      const int64_t s = std::max(r.begin, p.offset), e = std::min(r.end, p.offset + p.numel);
+      for (int64_t i = s; i < e; ++i) {
+        ps.m[optimizer->moment_index(i)] = m[i - p.offset];
+        ps.v[optimizer->moment_index(i)] = v[i - p.offset];
+      }
+    }
   }
 }
 
-template std::string save_checkpoint<float>(const std::string&, const RunConfig&, const ParamTable&,
-                                            const ParamStore<float>&, const TrainerState&, const std::string&);
-template std::string save_checkpoint<double>(const std::string&, const RunConfig&, const ParamTable&,
-                                             const ParamStore<double>&, const TrainerState&, const std::string&);
-template void load_checkpoint<float>(const std::string&, const ParamTable&, ParamStore<float>&, bool);
-template void load_checkpoint<double>(const std::string&, const ParamTable&, ParamStore<double>&, bool);
+#define UM_INSTANTIATE(T)                                                                          \
+  template std::string save_checkpoint<T>(const std::string&, const RunConfig&, const ParamTable&,       \
+                                          const ParamStore<T>&, const Optimizer&, const TrainerState&,   \
+                                          const std::string&, const StepGroups&);                        \
+  template std::string save_checkpoint<T>(const std::string&, const RunConfig&, const ParamTable&,       \
+                                          const ParamStore<T>&, const TrainerState&, const std::string&); \
+  template void load_checkpoint<T>(const std::string&, const ParamTable&, ParamStore<T>&, const Optimizer*);
+UM_INSTANTIATE(float)
+UM_INSTANTIATE(double)
+#undef UM_INSTANTIATE
 
 }  // namespace um
 
@@ -242,7 +358,7 @@ OpenedCheckpoint open_checkpoint(const std::string& dir) {
   c.rc = read_checkpoint_config(dir);
   c.table = build_param_table(c.rc.model);
   c.ps = ParamStore<float>(c.table);
-  load_checkpoint(dir, c.table, c.ps, false);
+  load_checkpoint(dir, c.table, c.ps, nullptr);
   c.state = read_trainer_state(dir);
   if (fs::exists(dir + "/tokenizer.model")) c.tokenizer_path = dir + "/tokenizer.model";
   return c;

@@ -18,6 +18,8 @@
 #include "core/json_reader.h"
 #include "model/params.h"
 #include "model/weights.h"
+#include "parallel/groups.h"
+#include "train/optimizer.h"
 #include "train/run_config.h"
 
 namespace um {
@@ -36,6 +38,14 @@ std::string checkpoint_name(int64_t step);  // "step_0000012"
 
 // Writes root/step_NNNNNNN atomically and returns its path. An existing complete checkpoint of
 // the same step is replaced only after the new one is complete.
+// Distributed (g.world): collective. Rank 0 gathers the experts of the other EP ranks and, under
+// ZeRO-1, the moment shards, and writes one layout-independent checkpoint by name; an error on
+// rank 0 fails the call on every rank.
+template <class T>
+std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
+                            const ParamStore<T>& ps, const Optimizer& opt, const TrainerState& state,
+                            const std::string& tokenizer_path, const StepGroups& g);
+// Single process, no ZeRO.
 template <class T>
 std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
                             const ParamStore<T>& ps, const TrainerState& state,
@@ -51,10 +61,11 @@ void prune_checkpoints(const std::string& root, int64_t keep);
 RunConfig read_checkpoint_config(const std::string& dir);
 TrainerState read_trainer_state(const std::string& dir);
 
-// Loads weights and buffers (and the Adam moments when `optimizer`), checking every tensor.
+// Loads weights and buffers (and the Adam moments of the optimizer's elements when `opt` is
+// given), checking every tensor. Works for any layout: tensors are found by name.
 template <class T>
 void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore<T>& ps,
-                     bool optimizer);
+                     const Optimizer* opt);
 
 // The flat HF-style config.json of a model (DESIGN 1.10).
 json hf_config_json(const ModelConfig& c);

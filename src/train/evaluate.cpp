@@ -7,7 +7,8 @@ namespace um {
 
 template <class T>
 EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windows,
-                    int64_t max_windows, const Ctx& ctx) {
+                    int64_t max_windows, const Ctx& ctx, Comm* world) {
+  const int64_t W = world ? world->size() : 1, rank = world ? world->rank() : 0;
   const int64_t T_ = model.options().seq_len, mb = model.options().micro_batch;
   UM_CHECK(windows.seq_len() == T_, "eval", "windows of length ", windows.seq_len(),
            " for a model run at seq_len ", T_);
@@ -18,11 +19,19 @@ EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windo
   sc.with_mtp = false;
   EvalResult r;
   double total = 0;
-  for (int64_t first = 0; first < n; first += mb) {
-    const int64_t B = std::min(mb, n - first);
+  for (int64_t round = 0; round * W * mb < n; ++round) {
+    const int64_t first = (round * W + rank) * mb;
+    const int64_t B = std::max<int64_t>(0, std::min(mb, n - first));
     for (int64_t b = 0; b < B; ++b) windows.fill(first + b, buf.data() + b * (T_ + 1));
-    r.tokens += count_valid_targets(buf.data(), B, T_, 0)[0];
-    total += model.forward_backward(ps, buf.data(), B, sc, false, ctx).ce_main;
+    if (B == 0) std::fill(buf.begin(), buf.begin() + (T_ + 1), kPadId);  // scores nothing
+    r.tokens += count_valid_targets(buf.data(), std::max<int64_t>(B, 1), T_, 0)[0];
+    total += model.forward_backward(ps, buf.data(), std::max<int64_t>(B, 1), sc, false, ctx).ce_main;
+  }
+  if (world && W > 1) {
+    std::vector<double> sums = {total, double(r.tokens)};
+    world->sum(sums);
+    total = sums[0];
+    r.tokens = int64_t(sums[1]);
   }
   r.windows = n;
   r.loss = r.tokens > 0 ? total / double(r.tokens) : 0.0;
@@ -30,7 +39,7 @@ EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windo
   return r;
 }
 
-template EvalResult evaluate<float>(Model<float>&, ParamStore<float>&, const EvalWindows&, int64_t, const Ctx&);
-template EvalResult evaluate<double>(Model<double>&, ParamStore<double>&, const EvalWindows&, int64_t, const Ctx&);
+template EvalResult evaluate<float>(Model<float>&, ParamStore<float>&, const EvalWindows&, int64_t, const Ctx&, Comm*);
+template EvalResult evaluate<double>(Model<double>&, ParamStore<double>&, const EvalWindows&, int64_t, const Ctx&, Comm*);
 
 }  // namespace um

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "model/model.h"
+#include "parallel/comm.h"
 #include "train/windows.h"
 
 namespace um {
@@ -16,9 +17,11 @@ struct EvalResult {
   int64_t windows = 0;
 };
 
-// max_windows 0 = all windows of the shard.
+// max_windows 0 = all windows of the shard. With a world of W ranks the windows are shared out
+// in lock-step rounds (ranks without a window in the last round run a padding-only window, which
+// scores nothing, so the expert-parallel collectives stay matched) and the sums all-reduced.
 template <class T>
 EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windows,
-                    int64_t max_windows, const Ctx& ctx);
+                    int64_t max_windows, const Ctx& ctx, Comm* world = nullptr);
 
 }  // namespace um

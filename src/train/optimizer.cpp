@@ -1,5 +1,7 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
+
 #include "ops/optim.h"
 
 namespace um {
@@ -18,13 +20,51 @@ std::vector<DecayRun> decay_runs(const ParamTable& t, bool decay_norms) {
   return runs;
 }
 
+namespace {
+std::vector<DecayRun> clip_runs(const std::vector<DecayRun>& runs, int64_t a, int64_t b, int64_t c, int64_t d) {
+  std::vector<DecayRun> out;
+  for (const DecayRun& r : runs)
+    for (auto [lo, hi] : {std::pair{a, b}, std::pair{c, d}}) {
+      const int64_t s = std::max(r.begin, lo), e = std::min(r.end, hi);
+      if (s < e) out.push_back({s, e, r.decay});
+    }
+  std::sort(out.begin(), out.end(), [](const DecayRun& x, const DecayRun& y) { return x.begin < y.begin; });
+  return out;
+}
+}  // namespace
+
+Optimizer Optimizer::full(const ParamTable& t, bool decay_norms) {
+  Optimizer o;
+  o.dense_end = t.n_replicated;
+  o.expert_begin = t.n_replicated;
+  o.expert_end = t.n_elements;
+  o.runs = decay_runs(t, decay_norms);
+  return o;
+}
+
+Optimizer Optimizer::zero_shard(const ParamTable& t, bool decay_norms, int world_rank, int world_size,
+                                int edp_rank, int edp_size) {
+  UM_CHECK(t.n_replicated % world_size == 0 && (t.n_elements - t.n_replicated) % edp_size == 0, "zero",
+           "the parameter table is not padded for ", world_size, " shards");
+  Optimizer o;
+  o.zero = true;
+  const int64_t dchunk = t.n_replicated / world_size, echunk = (t.n_elements - t.n_replicated) / edp_size;
+  o.dense_begin = world_rank * dchunk;
+  o.dense_end = o.dense_begin + dchunk;
+  o.expert_begin = t.n_replicated + edp_rank * echunk;
+  o.expert_end = o.expert_begin + echunk;
+  o.runs = clip_runs(decay_runs(t, decay_norms), o.dense_begin, o.dense_end, o.expert_begin, o.expert_end);
+  return o;
+}
+
 template <class T>
-void adamw_step(ParamStore<T>& ps, const std::vector<DecayRun>& runs, const TrainConfig& tc,
-                double lr, int64_t step, const Ctx& ctx) {
-  for (const DecayRun& r : runs) {
+void adamw_step(ParamStore<T>& ps, const Optimizer& opt, const TrainConfig& tc, double lr,
+                int64_t step, const Ctx& ctx) {
+  for (const DecayRun& r : opt.runs) {
     AdamWHyper h{lr, tc.adam_beta1, tc.adam_beta2, tc.adam_eps, r.decay ? tc.weight_decay : 0.0, step};
-    adamw_update<T>(ps.w.data() + r.begin, ps.m.data() + r.begin, ps.v.data() + r.begin,
-                    ps.g.data() + r.begin, r.end - r.begin, h, ctx);
+    const int64_t mi = opt.moment_index(r.begin);
+    adamw_update<T>(ps.w.data() + r.begin, ps.m.data() + mi, ps.v.data() + mi, ps.g.data() + r.begin,
+                    r.end - r.begin, h, ctx);
   }
 }
 
@@ -40,8 +80,8 @@ void aux_free_update(T* bias, const std::vector<int64_t>& load, double gamma) {
   }
 }
 
-template void adamw_step<float>(ParamStore<float>&, const std::vector<DecayRun>&, const TrainConfig&, double, int64_t, const Ctx&);
-template void adamw_step<double>(ParamStore<double>&, const std::vector<DecayRun>&, const TrainConfig&, double, int64_t, const Ctx&);
+template void adamw_step<float>(ParamStore<float>&, const Optimizer&, const TrainConfig&, double, int64_t, const Ctx&);
+template void adamw_step<double>(ParamStore<double>&, const Optimizer&, const TrainConfig&, double, int64_t, const Ctx&);
 template void aux_free_update<float>(float*, const std::vector<int64_t>&, double);
 template void aux_free_update<double>(double*, const std::vector<int64_t>&, double);
 

@@ -1,35 +1,77 @@
 #include "train/step.h"
 
 #include <cmath>
+#include <limits>
 
 #include "ops/optim.h"
 
 namespace um {
 
+double pools_per_step(const TrainConfig& tc, int64_t world, int64_t ep) {
+  const double B = double(tc.batch_size), m = double(tc.micro_batch_size);
+  switch (tc.balance_scope) {
+    case BalanceScope::sequence: return B;
+    case BalanceScope::micro_batch: return B / m;
+    case BalanceScope::ep_group: return B / (m * double(ep));
+    case BalanceScope::global: return B / (m * double(world));
+  }
+  return B / m;
+}
+
 StepScales step_scales(const ModelConfig& c, const TrainConfig& tc, const int32_t* windows,
-                       int64_t B, int64_t T, int64_t step) {
+                       int64_t n_local, int64_t T, int64_t step, const StepGroups& g) {
   const int64_t depth = c.num_nextn_predict_layers;
-  const std::vector<int64_t> n = count_valid_targets(windows, B, T, depth);
+  std::vector<int64_t> n = count_valid_targets(windows, n_local, T, depth);
+  if (g.world) g.world->sum(n);  // DESIGN 1.8: all-reduced once per step
   StepScales sc;
   sc.n_main = double(n[0]);
   for (int64_t k = 1; k <= depth; ++k) sc.n_mtp.push_back(double(n[k]));
   sc.mtp_lambda = depth > 0 ? tc.mtp_lambda.at(step) : 0.0;
   sc.balance_alpha = tc.balance_alpha;
-  // one process: every pooled scope (micro_batch, ep_group, global) pools one micro-batch
-  sc.n_pools = tc.balance_scope == BalanceScope::sequence ? double(B)
-                                                          : double(B / tc.micro_batch_size);
+  sc.n_pools = pools_per_step(tc, g.world_size(), g.ep_size());
   sc.z_coef = tc.z_loss_coef;
-  sc.n_sequences = B;
+  sc.n_sequences = tc.batch_size;
   return sc;
 }
 
+namespace {
+
+// Sums the step's statistics over the world: losses, per-layer loads and sums (one all-reduce).
+void reduce_stats(StepOutcome& out, double& ce_main, Comm& world) {
+  std::vector<double> v = {ce_main};
+  for (double x : out.mtp_ce) v.push_back(x);
+  for (const MoeStats& s : out.moe) {
+    v.insert(v.end(), {double(s.tokens), double(s.dropped), s.balance, s.z_sum, s.entropy_sum});
+    for (int64_t l : s.load) v.push_back(double(l));  // exact: counts stay far below 2^53
+  }
+  world.sum(v);
+  size_t at = 0;
+  ce_main = v[at++];
+  for (double& x : out.mtp_ce) x = v[at++];
+  for (MoeStats& s : out.moe) {
+    s.tokens = int64_t(v[at++]);
+    s.dropped = int64_t(v[at++]);
+    s.balance = v[at++];
+    s.z_sum = v[at++];
+    s.entropy_sum = v[at++];
+    for (int64_t& l : s.load) l = int64_t(v[at++]);
+  }
+  std::vector<double> margins;
+  for (const MoeStats& s : out.moe) margins.push_back(s.margin_min);
+  world.all_reduce(margins.data(), int64_t(margins.size()), DType::f64, ReduceOp::min);
+  for (size_t i = 0; i < margins.size(); ++i) out.moe[i].margin_min = margins[i];
+}
+
+}  // namespace
+
 template <class T>
 StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
-                            int64_t step, const int32_t* windows, const Ctx& ctx) {
+                            int64_t step, const int32_t* windows, const StepGroups& g,
+                            const Ctx& ctx) {
   const ModelConfig& c = model.config();
-  const int64_t B = tc.batch_size, m = tc.micro_batch_size, T_ = model.options().seq_len;
-  const int64_t depth = c.num_nextn_predict_layers;
-  const StepScales sc = step_scales(c, tc, windows, B, T_, step);
+  const int64_t W = g.world_size(), m = tc.micro_batch_size, T_ = model.options().seq_len;
+  const int64_t n_local = tc.batch_size / W, depth = c.num_nextn_predict_layers;
+  const StepScales sc = step_scales(c, tc, windows, n_local, T_, step, g);
 
   StepOutcome out;
   out.step = step;
@@ -43,7 +85,7 @@ StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfi
 
   ps.zero_grad();
   double ce_main = 0;
-  for (int64_t first = 0; first < B; first += m) {
+  for (int64_t first = 0; first < n_local; first += m) {
     MicroResult r = model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx);
     ce_main += r.ce_main;
     for (int64_t k = 0; k < depth; ++k) out.mtp_ce[k] += r.ce_mtp[k];
@@ -59,6 +101,7 @@ StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfi
       a.margin_min = std::min(a.margin_min, b.margin_min);
     }
   }
+  if (g.world) reduce_stats(out, ce_main, *g.world);
 
   // losses (DESIGN 1.8): every term divided by its global count
   out.loss = sc.n_main > 0 ? ce_main / sc.n_main : 0.0;
@@ -70,30 +113,75 @@ StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfi
     out.balance.push_back(out.moe[l].balance / sc.n_pools);
     out.loss_bal += sc.balance_alpha * out.balance.back();
     const int64_t rows_per_seq = T_ - std::max<int64_t>(0, model.moe_layers()[l] - c.num_hidden_layers + 1);
-    out.loss_z += sc.z_coef * out.moe[l].z_sum / double(B * rows_per_seq);
+    out.loss_z += sc.z_coef * out.moe[l].z_sum / double(tc.batch_size * rows_per_seq);
   }
   out.loss_total = out.loss + out.loss_mtp + out.loss_bal + out.loss_z;
   return out;
 }
 
 template <class T>
-void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps,
-                  const std::vector<DecayRun>& runs, const TrainConfig& tc, int64_t& adam_step,
-                  const Ctx& ctx) {
+void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
+                  const TrainConfig& tc, int64_t& adam_step, const StepGroups& g, const Ctx& ctx) {
   const ModelConfig& c = model.config();
   const size_t n_moe = model.moe_layers().size();
-  // global norm, non-finite check, clipping, AdamW, aux-free biases (DESIGN 2, 1.6)
-  out.grad_norm = std::sqrt(sum_squares<T>(ps.g.data(), ps.g.size(), ctx));
+  T* grad = ps.g.data();
+  const int64_t n_dense = opt.zero ? 0 : opt.dense_end;  // replicated region size without ZeRO
+  const DType dt = dtype_of<T>();
+
+  // gradient reductions (plain sums, DESIGN 1.8) and the squared norm, every element once
+  double ss = 0;
+  if (!opt.zero) {
+    if (g.world && g.world->size() > 1) g.world->all_reduce(grad, n_dense, dt, ReduceOp::sum);
+    if (g.edp && g.edp->size() > 1)
+      g.edp->all_reduce(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, dt, ReduceOp::sum);
+    std::vector<double> parts = {sum_squares<T>(grad, n_dense, ctx),
+                                 sum_squares<T>(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, ctx)};
+    if (g.ep && g.ep->size() > 1) g.ep->all_reduce(&parts[1], 1, DType::f64, ReduceOp::sum);  // each expert once
+    ss = parts[0] + parts[1];
+  } else {
+    // ZeRO-1: reduce-scatter into this rank's shards; each shard's elements counted once
+    const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
+    if (g.world && g.world->size() > 1) {
+      std::vector<T> shard(dchunk);
+      g.world->reduce_scatter(grad, shard.data(), dchunk, dt, ReduceOp::sum);
+      std::copy(shard.begin(), shard.end(), grad + opt.dense_begin);
+    }
+    if (g.edp && g.edp->size() > 1) {
+      std::vector<T> shard(echunk);
+      const int64_t expert_base = opt.expert_begin - g.edp->rank() * echunk;
+      g.edp->reduce_scatter(grad + expert_base, shard.data(), echunk, dt, ReduceOp::sum);
+      std::copy(shard.begin(), shard.end(), grad + opt.expert_begin);
+    }
+    double part = sum_squares<T>(grad + opt.dense_begin, dchunk, ctx) +
+                  sum_squares<T>(grad + opt.expert_begin, echunk, ctx);
+    if (g.world && g.world->size() > 1) g.world->all_reduce(&part, 1, DType::f64, ReduceOp::sum);
+    ss = part;
+  }
+  out.grad_norm = std::sqrt(ss);
+
+  // non-finite: decided on the global norm, so every rank agrees (DESIGN 2)
   if (!std::isfinite(out.grad_norm) || !std::isfinite(out.loss_total)) {
     out.skipped = true;
     return;
   }
   const double coef = clip_coefficient(out.grad_norm, tc.grad_clip);
   out.clipped = coef < 1.0;
-  if (out.clipped) scale_inplace<T>(ps.g.data(), ps.g.size(), coef, ctx);
+  if (out.clipped)
+    for (const DecayRun& r : opt.runs) scale_inplace<T>(grad + r.begin, r.end - r.begin, coef, ctx);
   ++adam_step;
-  adamw_step<T>(ps, runs, tc, out.lr, adam_step, ctx);
-  if (tc.aux_free || c.aux_free_bias) {
+  adamw_step<T>(ps, opt, tc, out.lr, adam_step, ctx);
+  if (opt.zero) {  // every rank gets the updated weights of every shard
+    const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
+    if (g.world && g.world->size() > 1) {
+      std::vector<T> mine(ps.w.data() + opt.dense_begin, ps.w.data() + opt.dense_end);
+      g.world->all_gather(mine.data(), ps.w.data(), dchunk, dt);
+    }
+    if (g.edp && g.edp->size() > 1) {
+      std::vector<T> mine(ps.w.data() + opt.expert_begin, ps.w.data() + opt.expert_end);
+      g.edp->all_gather(mine.data(), ps.w.data() + opt.expert_begin - g.edp->rank() * echunk, echunk, dt);
+    }
+  }
+  if (tc.aux_free || c.aux_free_bias) {  // loads already summed over the world: same on every rank
     const double gamma = tc.aux_free_gamma.at(out.step);
     for (size_t l = 0; l < n_moe; ++l)
       aux_free_update<T>(ps.buf.data() + model.bias_offset(l), out.moe[l].load, gamma);
@@ -101,27 +189,23 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps,
 }
 
 template <class T>
-StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const std::vector<DecayRun>& runs,
+StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                        const TrainConfig& tc, int64_t step, int64_t& adam_step,
-                       const int32_t* windows, const Ctx& ctx) {
-  StepOutcome out = accumulate_step<T>(model, ps, tc, step, windows, ctx);
-  apply_update<T>(out, model, ps, runs, tc, adam_step, ctx);
+                       const int32_t* windows, const StepGroups& g, const Ctx& ctx) {
+  StepOutcome out = accumulate_step<T>(model, ps, tc, step, windows, g, ctx);
+  apply_update<T>(out, model, ps, opt, tc, adam_step, g, ctx);
   return out;
 }
 
-#define UM_INSTANTIATE(T)                                                                       \
+#define UM_INSTANTIATE(T)                                                                        \
   template StepOutcome accumulate_step<T>(Model<T>&, ParamStore<T>&, const TrainConfig&, int64_t, \
-                                          const int32_t*, const Ctx&);                          \
-  template void apply_update<T>(StepOutcome&, Model<T>&, ParamStore<T>&,                        \
-                                const std::vector<DecayRun>&, const TrainConfig&, int64_t&,     \
-                                const Ctx&);
+                                          const int32_t*, const StepGroups&, const Ctx&);        \
+  template void apply_update<T>(StepOutcome&, Model<T>&, ParamStore<T>&, const Optimizer&,        \
+                                const TrainConfig&, int64_t&, const StepGroups&, const Ctx&);    \
+  template StepOutcome train_step<T>(Model<T>&, ParamStore<T>&, const Optimizer&, const TrainConfig&, \
+                                     int64_t, int64_t&, const int32_t*, const StepGroups&, const Ctx&);
 UM_INSTANTIATE(float)
 UM_INSTANTIATE(double)
 #undef UM_INSTANTIATE
-
-template StepOutcome train_step<float>(Model<float>&, ParamStore<float>&, const std::vector<DecayRun>&,
-                                       const TrainConfig&, int64_t, int64_t&, const int32_t*, const Ctx&);
-template StepOutcome train_step<double>(Model<double>&, ParamStore<double>&, const std::vector<DecayRun>&,
-                                        const TrainConfig&, int64_t, int64_t&, const int32_t*, const Ctx&);
 
 }  // namespace um

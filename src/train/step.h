@@ -1,13 +1,16 @@
-// One optimizer step (DESIGN 1.8, 2): the micro-batches of the step's global batch, each a
-// forward + backward whose loss terms are pre-divided by the global counts, so gradients just
-// add; then the global gradient norm, the non-finite check, clipping, AdamW and the aux-free
-// bias update. Single process here; the distributed engine wraps the same pieces.
+// One optimizer step (DESIGN 1.8, 2, 4): the micro-batches this rank runs, each a forward +
+// backward whose loss terms are pre-divided by the global counts, so gradients just add; then
+// the gradient reductions (dense over all ranks, experts over the ranks holding them; plain
+// sums), the global gradient norm with every parameter counted once, the non-finite check,
+// clipping, AdamW (optionally ZeRO-1 sharded) and the aux-free bias update.
+// With all groups null it is the single-process step, through the same code.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "model/model.h"
+#include "parallel/groups.h"
 #include "train/optimizer.h"
 #include "train/run_config.h"
 
@@ -25,34 +28,45 @@ struct StepOutcome {
   double grad_norm = 0;    // before clipping
   bool clipped = false;
   bool skipped = false;    // non-finite loss or gradient: no update
-  std::vector<MoeStats> moe;    // per MoE layer, summed over the step's micro-batches
+  std::vector<MoeStats> moe;    // per MoE layer, summed over the step's micro-batches and ranks
   std::vector<double> balance;  // per MoE layer: mean over pools of B_l (without alpha)
   int64_t n_main = 0;
   std::vector<int64_t> n_mtp;
 };
 
-// Scales of a step from its global batch (B, T+1) for one process.
-StepScales step_scales(const ModelConfig& c, const TrainConfig& tc, const int32_t* windows,
-                       int64_t B, int64_t T, int64_t step);
+// Balance pools in a step of B global sequences (DESIGN 1.6).
+double pools_per_step(const TrainConfig& tc, int64_t world, int64_t ep);
 
-// Forward + backward of every micro-batch of step `step` (1-based) on the global batch
-// `windows` (B = tc.batch_size sequences): gradients of J in ps.g (zeroed first), losses and
-// routing statistics in the outcome. No update.
+// Scales of a step: the target counts of this rank's windows (n_local sequences), summed over
+// the world, and the step's loss coefficients.
+StepScales step_scales(const ModelConfig& c, const TrainConfig& tc, const int32_t* windows,
+                       int64_t n_local, int64_t T, int64_t step, const StepGroups& g);
+
+// Forward + backward of this rank's micro-batches of step `step` (1-based): `windows` holds
+// tc.batch_size / world sequences, micro-batch after micro-batch (canonical placement: rank r
+// runs sequences [(a*W + r)*m, (a*W + r + 1)*m) at micro-step a). Gradients of J in ps.g
+// (zeroed first; not yet reduced across ranks), losses and routing statistics (reduced) in
+// the outcome.
 template <class T>
 StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
-                            int64_t step, const int32_t* windows, const Ctx& ctx);
+                            int64_t step, const int32_t* windows, const StepGroups& g,
+                            const Ctx& ctx);
 
-// Gradient norm, non-finite check, clipping, AdamW, aux-free biases for an accumulated step.
-// adam_step is the count of applied updates so far; incremented unless the step is skipped.
+// Reduces the gradients, then norm, non-finite check, clipping, AdamW, aux-free biases.
+// adam_step counts applied updates; incremented unless the step is skipped.
 template <class T>
-void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps,
-                  const std::vector<DecayRun>& runs, const TrainConfig& tc, int64_t& adam_step,
-                  const Ctx& ctx);
+void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
+                  const TrainConfig& tc, int64_t& adam_step, const StepGroups& g, const Ctx& ctx);
 
 // accumulate_step then apply_update.
 template <class T>
-StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const std::vector<DecayRun>& runs,
+StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                        const TrainConfig& tc, int64_t step, int64_t& adam_step,
-                       const int32_t* windows, const Ctx& ctx);
+                       const int32_t* windows, const StepGroups& g, const Ctx& ctx);
+
+// The sequences (global indices in data order) rank r runs at micro-step a.
+inline int64_t canonical_first_sequence(int64_t a, int64_t r, int64_t world, int64_t m) {
+  return (a * world + r) * m;
+}
 
 }  // namespace um

@@ -12,6 +12,8 @@
 
 #include "model/flops.h"
 #include "model/model.h"
+#include "parallel/attention_balance.h"
+#include "parallel/groups.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/evaluate.h"
@@ -30,26 +32,33 @@ std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
 // Keys that may differ between a checkpoint and a resumed run (DESIGN 8).
-bool may_change_on_resume(const std::string& section, const std::string& key) {
+bool may_change_on_resume(const std::string& section, const std::string& key, const json& saved) {
   if (section == "train")
     return key == "steps" || key == "checkpoint_every" || key == "keep_checkpoints" ||
            key == "eval_every" || key == "eval_batches";
   if (section == "data") return key == "path";
-  return section == "parallel";  // checkpoints are layout-independent
+  if (section == "parallel") {  // checkpoints are layout-independent, unless the pools depend on it
+    const std::string scope = saved["train"].value("balance_scope", "");
+    return !(key == "ep" && scope == "ep_group");
+  }
+  return false;
 }
 
-void check_resume_compatible(const json& saved, const json& now) {
+void check_resume_compatible(const json& saved, const json& now, int saved_world, int world) {
   for (const char* section : {"model", "train", "data", "parallel"}) {
     const json& a = saved[section];
     const json& b = now[section];
     for (auto it = b.begin(); it != b.end(); ++it) {
-      if (may_change_on_resume(section, it.key())) continue;
+      if (may_change_on_resume(section, it.key(), saved)) continue;
       const json old = a.contains(it.key()) ? a[it.key()] : json();
       UM_CHECK(old == it.value(), "resume", section, ".", it.key(), " is ", it.value().dump(),
                " but the checkpoint was trained with ", old.dump(),
                " (only train.steps and the every-N keys may change on --resume)");
     }
   }
+  const std::string scope = saved["train"].value("balance_scope", "");
+  UM_CHECK(scope != "global" || saved_world == world, "resume", "balance_scope global pools all ",
+           saved_world, " ranks of the checkpoint's run; resuming on ", world, " ranks would change the loss");
 }
 
 std::string format_duration(double s) {
@@ -65,7 +74,18 @@ std::string format_duration(double s) {
 int run_training(const TrainOptions& opt) {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
-  RunConfig rc = load_run_config(opt.config_path, opt.overrides);
+  std::unique_ptr<Comm> local;
+  Comm* world = Runtime::current() ? &Runtime::current()->world() : nullptr;
+  if (!world) world = (local = make_local_comm()).get();
+  const int W = world->size(), rank = world->rank();
+  const bool root = rank == 0;
+  auto say = [&](const char* fmt, auto... args) {
+    if (!root) return;
+    std::printf(fmt, args...);
+    std::fflush(stdout);
+  };
+
+  RunConfig rc = load_run_config(opt.config_path, opt.overrides, W);
   if (!opt.data_dir.empty()) rc.data.path = opt.data_dir;
   UM_CHECK(!rc.data.path.empty(), "train", "no data: pass --data DIR or set data.path");
   UM_CHECK(rc.model.rope_scaling.is_null(), "train", "model.rope_scaling (YaRN) is accepted by inspect and "
@@ -73,6 +93,12 @@ int run_training(const TrainOptions& opt) {
   UM_CHECK(rc.train.recompute.empty(), "train", "train.recompute is not implemented yet; leave it empty");
   const std::string out = opt.out_dir.empty() ? "runs/" + fs::path(opt.config_path).stem().string() : opt.out_dir;
   const std::string ckpt_root = out + "/checkpoints";
+  const TrainConfig& tc = rc.train;
+  const int ep = int(rc.parallel.ep);
+  UM_CHECK(W % ep == 0, "config", "parallel.ep=", ep, " must divide the number of ranks, ", W);
+  if (tc.imbalance_devices > 0)
+    UM_CHECK(rc.model.n_routed_experts % tc.imbalance_devices == 0, "config", "train.imbalance_devices=",
+             tc.imbalance_devices, " does not divide n_routed_experts=", rc.model.n_routed_experts);
 
   // --resume / fresh start rules (DESIGN 8)
   const std::string latest = latest_checkpoint(ckpt_root);
@@ -82,63 +108,79 @@ int run_training(const TrainOptions& opt) {
     UM_CHECK(latest.empty(), "train", out, " already holds checkpoints (", fs::path(latest).filename().string(),
              "); pass --resume to continue, or choose another --out");
   }
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  UM_CHECK(!ec && fs::is_directory(out), "train", "cannot create output directory ", out,
-           ec ? ": " + ec.message() : "");
+  if (root) {
+    std::error_code ec;
+    fs::create_directories(out, ec);
+    UM_CHECK(!ec && fs::is_directory(out), "train", "cannot create output directory ", out,
+             ec ? ": " + ec.message() : "");
+  }
 
   DataDir data(rc.data.path);
   data.check_model_vocab(rc.model.vocab_size);
-  const TrainConfig& tc = rc.train;
-  const int64_t T_ = rc.data.seq_len, B = tc.batch_size;
+  const int64_t T_ = rc.data.seq_len, B = tc.batch_size, m = tc.micro_batch_size, n_local = B / W;
   TrainWindows train_windows(data.train(), T_, tc.seed);
   EvalWindows val_windows(data.val(), T_);
-  if (tc.imbalance_devices > 0)
-    UM_CHECK(rc.model.n_routed_experts % tc.imbalance_devices == 0, "config", "train.imbalance_devices=",
-             tc.imbalance_devices, " does not divide n_routed_experts=", rc.model.n_routed_experts);
+
+  // the layout: EP groups, expert-data-parallel groups, balance pools (DESIGN 4, 1.6)
+  ParallelLayout layout(*world, ep);
+  const StepGroups groups = W > 1 ? layout.groups() : StepGroups{};
+  MoeComms mc;
+  if (ep > 1) mc.ep = layout.ep.get();
+  if (tc.balance_scope == BalanceScope::ep_group && ep > 1) mc.pool = layout.ep.get();
+  if (tc.balance_scope == BalanceScope::global && W > 1) mc.pool = world;
+  const bool zero = rc.parallel.zero == 1;
+  const ParamTable table = build_param_table(rc.model, rank % ep, ep, zero ? int64_t(W) * 16 : 1);
+  const Optimizer optim = zero ? Optimizer::zero_shard(table, tc.weight_decay_norms, rank, W, layout.edp->rank(), W / ep)
+                               : Optimizer::full(table, tc.weight_decay_norms);
 
   Workspace ws;
   Ctx ctx = Ctx::cpu(&ws);
-  const ParamTable table = build_param_table(rc.model);
-  ParamStore<float> ps(table);
-  Model<float> model(rc.model, table, {tc.micro_batch_size, T_, tc.balance_scope, tc.capacity_factor, tc.aux_free});
-  const auto runs = decay_runs(table, tc.weight_decay_norms);
+  ParamStore<float> ps(table, optim.moment_elements());
+  Model<float> model(rc.model, table, {m, T_, tc.balance_scope, tc.capacity_factor, tc.aux_free, mc});
   SpikeDetector spikes(tc.spike_window, tc.grad_spike_factor, tc.loss_spike_factor);
   TrainerState state;
   int64_t skipped_steps = 0;
   double tokens_seen = 0;
-  std::vector<int32_t> batch(B * (T_ + 1));
+  std::vector<int32_t> global_batch(B * (T_ + 1)), local_batch(n_local * (T_ + 1));
 
   if (opt.resume) {
-    check_resume_compatible(read_checkpoint_config(latest).to_json(), rc.to_json());
-    load_checkpoint(latest, table, ps, true);
+    const RunConfig saved = read_checkpoint_config(latest);
     state = read_trainer_state(latest);
+    check_resume_compatible(saved.to_json(), rc.to_json(), int(state.counters.value("world", int64_t{W})), W);
+    load_checkpoint(latest, table, ps, &optim);
     spikes.from_json(state.spikes);
     skipped_steps = state.counters.value("skipped_steps", int64_t{0});
     tokens_seen = state.counters.value("tokens_seen", 0.0);
-    std::printf("resumed from %s (step %lld)\n", latest.c_str(), (long long)state.step);
+    say("resumed from %s (step %lld)\n", latest.c_str(), (long long)state.step);
   } else {
     init_params(ps, table, rc.model, tc.seed);
     if (rc.model.sandwich_norm && (rc.model.dssn_c_attn_auto || rc.model.dssn_c_ffn_auto)) {
-      train_windows.fill(1, B, 0, tc.micro_batch_size, batch.data());
-      auto [ca, cf] = calibrate_dssn(model, ps, table, batch.data(), tc.micro_batch_size, ctx);
-      std::printf("DSSN auto calibration on the first micro-batch: c_attn %.4g, c_ffn %.4g\n", ca, cf);
+      // every rank calibrates on the same first micro-batch of step 1, so the gains agree
+      train_windows.fill(1, B, 0, m, local_batch.data());
+      auto [ca, cf] = calibrate_dssn(model, ps, table, local_batch.data(), m, ctx);
+      say("DSSN auto calibration on the first micro-batch: c_attn %.4g, c_ffn %.4g\n", ca, cf);
     }
   }
-  MetricsLog metrics(out + "/metrics.jsonl", opt.resume ? state.step : 0);
+  std::unique_ptr<MetricsLog> metrics;
+  if (root) metrics = std::make_unique<MetricsLog>(out + "/metrics.jsonl", opt.resume ? state.step : 0);
 
   const FlopsPerToken fl = flops_per_token(rc.model, T_);
   const CpuPeak peak = cpu_peak(ctx.n_threads);
+  const double peak_total = peak.flops * W;
   const ParamCounts counts = count_params(rc.model);
-  std::printf("config:\n%s\n", rc.to_json().dump(2).c_str());
-  std::printf("model: %.2fM parameters (%.2fM active per token), %.1f MiB of activations\n",
-              counts.total / 1e6, counts.active / 1e6, model.activation_bytes() / 1048576.0);
-  std::printf("data: %s — %lld train tokens (%lld windows of %lld), %lld validation tokens\n",
-              rc.data.path.c_str(), (long long)data.train().size(), (long long)train_windows.n_windows(),
-              (long long)T_, (long long)data.val().size());
-  std::printf("MFU: %s; peak %d cores x %.2f GHz x 32 = %.1f GFLOP/s (clock: %s)\n", fl.formula.c_str(),
-              peak.cores, peak.ghz, peak.flops / 1e9, peak.source.c_str());
-  std::fflush(stdout);
+  if (root) {
+    std::printf("config:\n%s\n", rc.to_json().dump(2).c_str());
+    std::printf("model: %.2fM parameters (%.2fM active per token), %.1f MiB of activations per rank\n",
+                counts.total / 1e6, counts.active / 1e6, model.activation_bytes() / 1048576.0);
+    std::printf("layout: %d rank%s x %d threads, ep %d%s, micro-batch %lld x %lld micro-steps\n", W, W > 1 ? "s" : "",
+                ctx.n_threads, ep, zero ? ", ZeRO-1" : "", (long long)m, (long long)(n_local / m));
+    std::printf("data: %s — %lld train tokens (%lld windows of %lld), %lld validation tokens\n",
+                rc.data.path.c_str(), (long long)data.train().size(), (long long)train_windows.n_windows(),
+                (long long)T_, (long long)data.val().size());
+    std::printf("MFU: %s; peak %d rank(s) x %d cores x %.2f GHz x 32 = %.1f GFLOP/s (clock: %s)\n", fl.formula.c_str(),
+                W, peak.cores, peak.ghz, peak_total / 1e9, peak.source.c_str());
+    std::fflush(stdout);
+  }
 
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
@@ -152,61 +194,82 @@ int run_training(const TrainOptions& opt) {
     state.step = step;
     state.spikes = spikes.to_json();
     state.data = {{"next_step", step + 1}, {"epoch", train_windows.epoch_of(step + 1, B)}};
-    state.counters = {{"skipped_steps", skipped_steps}, {"tokens_seen", tokens_seen}, {"expert_load", last_moe}};
-    const std::string dir = save_checkpoint(ckpt_root, rc, table, ps, state, data.path() + "/tokenizer.model");
-    prune_checkpoints(ckpt_root, tc.keep_checkpoints);
+    state.counters = {{"skipped_steps", skipped_steps}, {"tokens_seen", tokens_seen},
+                      {"expert_load", last_moe}, {"world", W}};
+    const std::string dir = save_checkpoint(ckpt_root, rc, table, ps, optim, state,
+                                            data.path() + "/tokenizer.model", groups);
+    if (root) prune_checkpoints(ckpt_root, tc.keep_checkpoints);
     last_ckpt = step;
-    std::printf("checkpoint: %s\n", dir.c_str());
+    say("checkpoint: %s\n", dir.c_str());
   };
   auto run_eval = [&](int64_t step) {
     if (val_windows.n_windows() == 0) return;
-    const EvalResult e = evaluate(model, ps, val_windows, tc.eval_batches * tc.micro_batch_size, ctx);
-    metrics.write({{"kind", "eval"}, {"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_tokens", e.tokens}});
-    std::printf("eval step %lld: val_loss %.4f  val_ppl %.2f  (%lld tokens)\n", (long long)step, e.loss, e.ppl,
-                (long long)e.tokens);
+    const EvalResult e = evaluate(model, ps, val_windows, tc.eval_batches * m, ctx, world);
+    if (root) metrics->write({{"kind", "eval"}, {"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_tokens", e.tokens}});
+    say("eval step %lld: val_loss %.4f  val_ppl %.2f  (%lld tokens)\n", (long long)step, e.loss, e.ppl, (long long)e.tokens);
   };
 
   int64_t step = state.step;
-  while (step < tc.steps && g_stop_signal.load() == 0) {
+  while (step < tc.steps) {
+    int64_t stop = g_stop_signal.load();  // every rank stops after the same step
+    world->all_reduce(&stop, 1, DType::i64, ReduceOp::max);
+    if (stop) break;
     ++step;
     const auto t0 = clock::now();
-    train_windows.fill(step, B, 0, B, batch.data());
-    StepOutcome o = train_step(model, ps, runs, tc, step, state.adam_step, batch.data(), ctx);
+    // this rank's sequences: the canonical placement, or the attention-balanced one (DESIGN 3)
+    double attn_balanced = 1, attn_canonical = 1;
+    if (W == 1) {
+      train_windows.fill(step, B, 0, B, local_batch.data());
+    } else if (!rc.parallel.dp_attention_balance) {
+      for (int64_t a = 0; a < n_local / m; ++a)
+        train_windows.fill(step, B, canonical_first_sequence(a, rank, W, m), m, local_batch.data() + a * m * (T_ + 1));
+    } else {
+      train_windows.fill(step, B, 0, B, global_batch.data());
+      const SequenceAssignment sa = balance_attention(attention_costs(global_batch.data(), B, T_), W, m, ep,
+                                                      tc.balance_scope, tc.balance_alpha > 0, tc.capacity_factor > 0);
+      for (int64_t i = 0; i < n_local; ++i)
+        std::copy_n(global_batch.data() + sa.seqs[rank][i] * (T_ + 1), T_ + 1, local_batch.data() + i * (T_ + 1));
+      attn_balanced = sa.max_over_mean;
+      attn_canonical = sa.canonical_max_over_mean;
+    }
+    StepOutcome o = train_step(model, ps, optim, tc, step, state.adam_step, local_batch.data(), groups, ctx);
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     const double tok_s = double(B * T_) / dt;
     tokens_seen += double(B * T_);
     SpikeDetector::Verdict sv;
     if (o.skipped) ++skipped_steps;
     else sv = spikes.observe(o.grad_norm, o.loss);
-    json line = train_metrics_line(o, tok_s, fl.total * tok_s / peak.flops, model.moe_layers(), n_devices);
+    json line = train_metrics_line(o, tok_s, fl.total * tok_s / peak_total, model.moe_layers(), n_devices);
     line["grad_spike"] = sv.grad_spike;
     line["loss_spike"] = sv.loss_spike;
-    metrics.write(line);
+    if (rc.parallel.dp_attention_balance && W > 1) {
+      line["attn_cost_max_mean"] = attn_balanced;
+      line["attn_cost_max_mean_unbalanced"] = attn_canonical;
+    }
+    if (root) metrics->write(line);
     last_moe = line["moe"];
     if (step % opt.log_every == 0 || step == tc.steps || o.skipped) {
       const double elapsed = std::chrono::duration<double>(clock::now() - t_loop).count();
       const double eta = elapsed / double(step - first_step + 1) * double(tc.steps - step);
       if (o.skipped)
-        std::printf("step %lld/%lld | SKIPPED: non-finite loss or gradient\n", (long long)step, (long long)tc.steps);
+        say("step %lld/%lld | SKIPPED: non-finite loss or gradient\n", (long long)step, (long long)tc.steps);
       else
-        std::printf("step %4lld/%lld | loss %.4f (mtp %.3f bal %.4f z %.4f) | lr %.2e | gnorm %.3f | %.0f tok/s | "
-                    "MFU %.1f%% | ETA %s\n",
-                    (long long)step, (long long)tc.steps, o.loss, o.loss_mtp, o.loss_bal, o.loss_z, o.lr, o.grad_norm,
-                    tok_s, 100.0 * fl.total * tok_s / peak.flops, format_duration(eta).c_str());
-      std::fflush(stdout);
+        say("step %4lld/%lld | loss %.4f (mtp %.3f bal %.4f z %.4f) | lr %.2e | gnorm %.3f | %.0f tok/s | "
+            "MFU %.1f%% | ETA %s\n",
+            (long long)step, (long long)tc.steps, o.loss, o.loss_mtp, o.loss_bal, o.loss_z, o.lr, o.grad_norm, tok_s,
+            100.0 * fl.total * tok_s / peak_total, format_duration(eta).c_str());
     }
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step != tc.steps) run_eval(step);
     if (tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0 && step != tc.steps) save(step);
   }
   const bool interrupted = step < tc.steps;
-  if (interrupted) std::printf("stopping on signal %d after step %lld\n", g_stop_signal.load(), (long long)step);
+  if (interrupted) say("stopping on a signal after step %lld\n", (long long)step);
   if (!interrupted && step >= first_step) run_eval(step);
   if (last_ckpt != step) save(step);
   const double total_s = std::chrono::duration<double>(clock::now() - t_start).count();
-  std::printf("done: step %lld, %lld skipped, grad-spike rate %.2f%% and loss-spike rate %.2f%% over %lld counted "
-              "steps, %s\n",
-              (long long)step, (long long)skipped_steps, 100 * spikes.grad_spike_rate(), 100 * spikes.loss_spike_rate(),
-              (long long)spikes.counted(), format_duration(total_s).c_str());
+  say("done: step %lld, %lld skipped, grad-spike rate %.2f%% and loss-spike rate %.2f%% over %lld counted steps, %s\n",
+      (long long)step, (long long)skipped_steps, 100 * spikes.grad_spike_rate(), 100 * spikes.loss_spike_rate(),
+      (long long)spikes.counted(), format_duration(total_s).c_str());
   return 0;
 }
 

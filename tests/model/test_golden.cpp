@@ -32,10 +32,10 @@ StepOne<T> run_step_one(const Golden& g, ParamStore<T>& ps, Model<T>& model, con
   const int64_t m = tc.micro_batch_size, L = g.rc.model.num_hidden_layers,
                 depth = g.rc.model.num_nextn_predict_layers;
   // the step's gradients and losses
-  r.out = accumulate_step<T>(model, ps, tc, 1, g.batch(1), ctx);
+  r.out = accumulate_step<T>(model, ps, tc, 1, g.batch(1), StepGroups{}, ctx);
   // forward captures, micro-batch by micro-batch (a forward does not change the weights; the
   // training forward is used so capacity mode applies exactly as in the step)
-  const StepScales sc = step_scales(g.rc.model, tc, g.batch(1), g.B, g.T, 1);
+  const StepScales sc = step_scales(g.rc.model, tc, g.batch(1), g.B, g.T, 1, StepGroups{});
   ParamStore<T> scratch_grads(g.table);
   std::copy(ps.w.data(), ps.w.data() + ps.w.size(), scratch_grads.w.data());
   std::copy(ps.buf.data(), ps.buf.data() + ps.buf.size(), scratch_grads.buf.data());
@@ -121,12 +121,12 @@ TEST_P(GoldenModel, TenStepsF64) {
   g.load(ps);
   const TrainConfig& tc = g.rc.train;
   Model<double> model(g.rc.model, g.table, {tc.micro_batch_size, g.T, tc.balance_scope, tc.capacity_factor, tc.aux_free});
-  const auto runs = decay_runs(g.table, tc.weight_decay_norms);
+  const Optimizer opt = Optimizer::full(g.table, tc.weight_decay_norms);
   int64_t adam_step = 0;
   const json& steps = g.meta["steps"];
   ASSERT_EQ(int64_t(steps.size()), g.S);
   for (int64_t s = 1; s <= g.S; ++s) {
-    StepOutcome o = train_step<double>(model, ps, runs, tc, s, adam_step, g.batch(s), ctx);
+    StepOutcome o = train_step<double>(model, ps, opt, tc, s, adam_step, g.batch(s), StepGroups{}, ctx);
     const json& want = steps[s - 1];
     EXPECT_LE(rel_error(o.lr, want["lr"]), 1e-14) << "lr at step " << s;
     EXPECT_LE(rel_error(o.loss, want["loss"]), 1e-9) << "loss at step " << s;
@@ -157,9 +157,9 @@ TEST_P(GoldenModel, FiniteDifferencesF64) {
   g.load(ps);
   const TrainConfig& tc = g.rc.train;
   Model<double> model(g.rc.model, g.table, {tc.micro_batch_size, g.T, tc.balance_scope, tc.capacity_factor, tc.aux_free});
-  accumulate_step<double>(model, ps, tc, 1, g.batch(1), ctx);
+  accumulate_step<double>(model, ps, tc, 1, g.batch(1), StepGroups{}, ctx);
   const std::vector<double> grad(ps.g.data(), ps.g.data() + ps.g.size());
-  auto J = [&]() { return accumulate_step<double>(model, ps, tc, 1, g.batch(1), ctx).loss_total; };
+  auto J = [&]() { return accumulate_step<double>(model, ps, tc, 1, g.batch(1), StepGroups{}, ctx).loss_total; };
   Philox rng(77, "model-fd");
   const double h = 1e-5;
   double worst = 0;

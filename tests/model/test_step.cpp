@@ -21,9 +21,9 @@ TEST(Step, NonFiniteGradientSkipsTheUpdate) {
   g.load(ps);
   const TrainConfig& tc = g.rc.train;
   Model<float> model(g.rc.model, g.table, {tc.micro_batch_size, g.T, tc.balance_scope, tc.capacity_factor, tc.aux_free});
-  const auto runs = decay_runs(g.table, tc.weight_decay_norms);
+  const Optimizer opt = Optimizer::full(g.table, tc.weight_decay_norms);
   int64_t adam_step = 0;
-  StepOutcome ok = train_step<float>(model, ps, runs, tc, 1, adam_step, g.batch(1), ctx);
+  StepOutcome ok = train_step<float>(model, ps, opt, tc, 1, adam_step, g.batch(1), StepGroups{}, ctx);
   ASSERT_FALSE(ok.skipped);
   ASSERT_EQ(adam_step, 1);
 
@@ -33,7 +33,7 @@ TEST(Step, NonFiniteGradientSkipsTheUpdate) {
   ps.w[emb.offset + int64_t(tok) * g.rc.model.hidden_size] = std::numeric_limits<float>::infinity();
   const std::vector<float> w(ps.w.data(), ps.w.data() + ps.w.size()), m(ps.m.data(), ps.m.data() + ps.m.size()),
       v(ps.v.data(), ps.v.data() + ps.v.size()), b(ps.buf.data(), ps.buf.data() + ps.buf.size());
-  StepOutcome bad = train_step<float>(model, ps, runs, tc, 2, adam_step, g.batch(2), ctx);
+  StepOutcome bad = train_step<float>(model, ps, opt, tc, 2, adam_step, g.batch(2), StepGroups{}, ctx);
   EXPECT_TRUE(bad.skipped);
   EXPECT_FALSE(std::isfinite(bad.grad_norm) && std::isfinite(bad.loss_total));
   EXPECT_EQ(adam_step, 1);  // the Adam step count counts applied updates only
@@ -61,7 +61,8 @@ TEST(Checkpoint, RoundTripsEverything) {
   EXPECT_EQ(path, dir.path + "/checkpoints/step_0000007");
   EXPECT_EQ(latest_checkpoint(dir.path + "/checkpoints"), path);
   ParamStore<float> back(g.table);
-  load_checkpoint(path, g.table, back, true);
+  const Optimizer full = Optimizer::full(g.table, false);
+  load_checkpoint(path, g.table, back, &full);
   EXPECT_EQ(0, std::memcmp(ps.w.data(), back.w.data(), ps.w.size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(ps.m.data(), back.m.data(), ps.m.size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(ps.v.data(), back.v.data(), ps.v.size() * sizeof(float)));

@@ -145,7 +145,7 @@ TEST_F(TrainCli, SigtermFinishesTheStepAndCheckpoints) {
   CmdResult r = run_cmd(cmd, dir_.path);
   t.join();
   EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_NE(r.out.find("stopping on signal"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stopping on a signal"), std::string::npos) << r.out;
   const auto m = read_metrics(out + "/metrics.jsonl");
   ASSERT_GE(m.size(), 3u);
   const int64_t last = m.back()["step"].get<int64_t>();
