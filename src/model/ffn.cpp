@@ -82,7 +82,8 @@ void MoeStats::reset(int64_t E) {
 }
 
 template <class T>
-void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size) {
+void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size,
+                       int64_t n_nodes) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
                 F = c.moe_intermediate_size;
   ep = ep_size;
@@ -110,6 +111,15 @@ void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_po
     perm = a.alloc<int32_t>(max_recv);
     local_offsets = a.alloc<int32_t>(E / ep + 1);
     counts = a.alloc<int64_t>(4 * ep);
+  }
+  nodes = n_nodes;
+  if (nodes > 1) {  // every gathered token may send up to min(K, experts on this node) pairs here
+    const int64_t per_node = E / nodes, H = nodes * N * std::min(K, per_node);
+    hx = a.alloc<T>(H * D);
+    hy = a.alloc<T>(H * D);
+    hpair = a.alloc<int32_t>(H);
+    hoffsets = a.alloc<int32_t>(per_node + 1);
+    ggate = a.alloc<T>(nodes * N * K);
   }
 }
 
@@ -160,13 +170,14 @@ struct Dispatch {
 
   template <class T>
   static Dispatch bind(MoeActs<T>& a, int64_t El, int64_t D, Arena& scratch) {
-    Dispatch d{a.ep, El, D, a.counts, a.counts + a.ep, a.counts + 2 * a.ep, a.counts + 3 * a.ep,
+    const int64_t P = a.peers;
+    Dispatch d{P, El, D, a.counts, a.counts + a.ep, a.counts + 2 * a.ep, a.counts + 3 * a.ep,
                nullptr, nullptr, nullptr, nullptr};
-    d.send_el = scratch.alloc<int64_t>(4 * a.ep);
-    d.send_el_off = d.send_el + a.ep;
-    d.recv_el = d.send_el + 2 * a.ep;
-    d.recv_el_off = d.send_el + 3 * a.ep;
-    for (int64_t q = 0; q < a.ep; ++q) {
+    d.send_el = scratch.alloc<int64_t>(4 * P);
+    d.send_el_off = d.send_el + P;
+    d.recv_el = d.send_el + 2 * P;
+    d.recv_el_off = d.send_el + 3 * P;
+    for (int64_t q = 0; q < P; ++q) {
       d.send_el[q] = d.send_rows[q] * D;
       d.send_el_off[q] = d.send_off[q] * D;
       d.recv_el[q] = d.recv_rows[q] * D;
@@ -186,22 +197,24 @@ struct Dispatch {
   }
 };
 
-// Exchanges the per-expert counts of the plan and fixes the rows each peer sends and receives,
-// the expert-major order of the received rows (perm) and the local experts' offsets.
+// Exchanges the per-expert counts of a plan (rows sorted by expert, `offsets` over the E experts
+// of the group `ep`, each peer owning E/P consecutive ones) and fixes the rows each peer sends
+// and receives, the expert-major order of the received rows (perm) and the local offsets.
 template <class T>
-void plan_dispatch(MoeActs<T>& a, Comm& ep, int64_t E, int layer, Arena& scratch) {
-  const int64_t P = a.ep, El = E / P;
+void plan_dispatch(MoeActs<T>& a, Comm& ep, const int32_t* offsets, int64_t E, int layer, Arena& scratch) {
+  const int64_t P = ep.size(), El = E / P;
+  a.peers = P;
   const size_t mark = scratch.mark();
   int64_t* cnt = scratch.alloc<int64_t>(E);       // rows per global expert, this rank's plan
   int64_t* rcnt = scratch.alloc<int64_t>(P * El);  // rows per (peer, local expert) received
   int64_t* c4 = scratch.alloc<int64_t>(4 * P);
-  for (int64_t e = 0; e < E; ++e) cnt[e] = a.offsets[e + 1] - a.offsets[e];
+  for (int64_t e = 0; e < E; ++e) cnt[e] = offsets[e + 1] - offsets[e];
   for (int64_t q = 0; q < P; ++q) c4[q] = El, c4[P + q] = q * El, c4[2 * P + q] = El, c4[3 * P + q] = q * El;
   ep.all_to_all_v(cnt, c4, c4 + P, rcnt, c4 + 2 * P, c4 + 3 * P, DType::i64);
   int64_t recv = 0;
   for (int64_t q = 0; q < P; ++q) {
-    a.send_rows_of(q) = a.offsets[(q + 1) * El] - a.offsets[q * El];
-    a.send_off_of(q) = a.offsets[q * El];
+    a.send_rows_of(q) = offsets[(q + 1) * El] - offsets[q * El];
+    a.send_off_of(q) = offsets[q * El];
     int64_t r = 0;
     for (int64_t le = 0; le < El; ++le) r += rcnt[q * El + le];
     a.recv_rows_of(q) = r;
@@ -234,6 +247,124 @@ template <class T>
 void scatter_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t D, const Ctx& ctx) {
 #pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n * D))
   for (int64_t i = 0; i < n; ++i) std::memcpy(dst + int64_t(perm[i]) * D, src + i * D, sizeof(T) * D);
+}
+
+// Hierarchical dispatch (Pangu Ultra MoE): instead of one all_to_all_v across nodes, the tokens
+// are first all-gathered between the ranks with the same local index on the group's nodes (few,
+// large inter-node messages), then each rank sends the pairs bound for its own node's experts to
+// their owners with an intra-node all_to_all_v. Results travel back the same way, and the partial
+// combines of the nodes are summed onto the source ranks with an inter-node reduce_scatter.
+template <class T>
+void hier_forward(T* y_routed, MoeActs<T>& a, const T* x, const T* w, const MoeParams& p,
+                  const ModelConfig& c, const MoeOptions& o, int64_t N, const uint8_t* keep,
+                  Arena& scratch, const Ctx& ctx) {
+  Comm& inter = *o.comms.inter;
+  Comm& intra = *o.comms.intra;
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
+                F = c.moe_intermediate_size, n = inter.size(), j = inter.rank();
+  const int64_t EN = E / n, El = EN / intra.size();  // experts per node, per rank
+  const size_t mark = scratch.mark();
+  T* gx = scratch.alloc<T>(n * N * D);
+  int32_t* gidx = scratch.alloc<int32_t>(n * N * K);
+  uint8_t* gkeep = scratch.alloc<uint8_t>(n * N * K);
+  uint8_t* ones = scratch.alloc<uint8_t>(N * K);
+  std::fill(ones, ones + N * K, uint8_t(1));
+  inter.all_gather(x, gx, N * D, dtype_of<T>());
+  inter.all_gather(a.idx, gidx, N * K, DType::i32);
+  inter.all_gather(a.gate, a.ggate, N * K, dtype_of<T>());
+  inter.all_gather(keep ? keep : ones, gkeep, N * K, DType::u8);
+  // the pairs for this node's experts, sorted by node-local expert (stable: source, token, slot)
+  std::fill(a.hoffsets, a.hoffsets + EN + 1, 0);
+  for (int64_t i = 0; i < n * N * K; ++i)
+    if (gkeep[i] && gidx[i] / EN == j) ++a.hoffsets[gidx[i] - j * EN + 1];
+  for (int64_t e = 0; e < EN; ++e) a.hoffsets[e + 1] += a.hoffsets[e];
+  a.hier_rows = a.hoffsets[EN];
+  int32_t* cursor = scratch.alloc<int32_t>(EN);
+  std::copy(a.hoffsets, a.hoffsets + EN, cursor);
+  for (int64_t i = 0; i < n * N * K; ++i) {
+    if (!gkeep[i] || gidx[i] / EN != j) continue;
+    const int32_t h = cursor[gidx[i] - j * EN]++;
+    a.hpair[h] = static_cast<int32_t>(i);
+    std::memcpy(a.hx + int64_t(h) * D, gx + (i / K) * D, sizeof(T) * D);
+  }
+  // intra-node dispatch to the owners, experts, and back
+  plan_dispatch(a, intra, a.hoffsets, EN, o.layer, scratch);
+  const Dispatch d = Dispatch::bind(a, El, D, scratch);
+  T* peer_rows = scratch.alloc<T>(a.recv_rows * D);
+  d.forward_async(intra, a.hx, peer_rows).wait();
+  gather_rows(a.xe, peer_rows, a.perm, a.recv_rows, D, ctx);
+  const int64_t stride = 3 * F * D;
+  grouped_linear_forward<T>(a.gu, a.xe, D, w + p.experts, stride, a.local_offsets, El, D, 2 * F, ctx);
+  swiglu_forward<T>(a.h, a.gu, a.recv_rows, F, ctx);
+  grouped_linear_forward<T>(a.ye, a.h, F, w + p.experts + 2 * F * D, stride, a.local_offsets, El, F, D, ctx);
+  scatter_rows(peer_rows, a.ye, a.perm, a.recv_rows, D, ctx);
+  d.backward(intra, peer_rows, a.hy);
+  // partial combine per source token, summed over the nodes onto the source rank
+  T* ypart = gx;  // reuse: (n*N, D)
+  std::fill(ypart, ypart + n * N * D, T(0));
+  for (int64_t h = 0; h < a.hier_rows; ++h) {
+    const int64_t i = a.hpair[h];
+    const T g = a.ggate[i];
+    T* dst = ypart + (i / K) * D;
+    const T* src = a.hy + h * D;
+    for (int64_t k = 0; k < D; ++k) dst[k] += g * src[k];
+  }
+  inter.reduce_scatter(ypart, y_routed, N * D, dtype_of<T>(), ReduceOp::sum);
+  scratch.release(mark);
+}
+
+template <class T>
+void hier_backward(T* dx_routed, T* dgate, const T* dy, MoeActs<T>& a, const T* w, T* g,
+                   const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
+                   Arena& scratch, const Ctx& ctx) {
+  Comm& inter = *o.comms.inter;
+  Comm& intra = *o.comms.intra;
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
+                F = c.moe_intermediate_size, n = inter.size(), H = a.hier_rows;
+  const int64_t El = E / n / intra.size(), rows = a.recv_rows, stride = 3 * F * D;
+  const size_t mark = scratch.mark();
+  T* gdy = scratch.alloc<T>(n * N * D);
+  T* dyp = scratch.alloc<T>(H * D);
+  T* dgpart = scratch.alloc<T>(n * N * K);
+  inter.all_gather(dy, gdy, N * D, dtype_of<T>());
+  std::fill(dgpart, dgpart + n * N * K, T(0));
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t i = a.hpair[h];
+    const T* dyr = gdy + (i / K) * D;
+    const T* yr = a.hy + h * D;
+    T dot = 0;
+    for (int64_t k = 0; k < D; ++k) {
+      dyp[h * D + k] = a.ggate[i] * dyr[k];
+      dot += dyr[k] * yr[k];
+    }
+    dgpart[i] = dot;
+  }
+  const Dispatch d = Dispatch::bind(a, El, D, scratch);
+  T* peer_rows = scratch.alloc<T>(rows * D);
+  T* d_exp = scratch.alloc<T>(rows * D);
+  T* dx_exp = scratch.alloc<T>(rows * D);
+  T* dh = scratch.alloc<T>(rows * F);
+  T* dgu = scratch.alloc<T>(rows * 2 * F);
+  d.forward_async(intra, dyp, peer_rows).wait();
+  gather_rows(d_exp, peer_rows, a.perm, rows, D, ctx);
+  grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, d_exp, a.h, F, w + p.experts + 2 * F * D,
+                             stride, a.local_offsets, El, F, D, ctx);
+  swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
+  grouped_linear_backward<T>(dx_exp, g + p.experts, dgu, a.xe, D, w + p.experts, stride, a.local_offsets,
+                             El, D, 2 * F, ctx);
+  scatter_rows(peer_rows, dx_exp, a.perm, rows, D, ctx);
+  T* hdx = dyp;  // reuse: (H, D)
+  d.backward(intra, peer_rows, hdx);
+  T* dxpart = gdy;  // reuse: (n*N, D)
+  std::fill(dxpart, dxpart + n * N * D, T(0));
+  for (int64_t h = 0; h < H; ++h) {
+    T* dst = dxpart + (a.hpair[h] / K) * D;
+    const T* src = hdx + h * D;
+    for (int64_t k = 0; k < D; ++k) dst[k] += src[k];
+  }
+  inter.reduce_scatter(dxpart, dx_routed, N * D, dtype_of<T>(), ReduceOp::sum);
+  inter.reduce_scatter(dgpart, dgate, N * K, dtype_of<T>(), ReduceOp::sum);
+  scratch.release(mark);
 }
 
 }  // namespace
@@ -278,9 +409,20 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
   if (a.ep == 1) {
     if (shared) mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);
     experts(a.xp, a.yp, a.rows, a.offsets);
+  } else if (o.comms.inter) {
+    const size_t mark = scratch.mark();
+    T* routed = scratch.alloc<T>(N * D);
+    hier_forward(routed, a, x, w, p, c, o, N, keep, scratch, ctx);
+    if (shared) {
+      mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);
+      for (int64_t i = 0; i < N * D; ++i) y[i] += routed[i];
+    } else {
+      std::memcpy(y, routed, sizeof(T) * N * D);
+    }
+    scratch.release(mark);
   } else {
     Comm& ep = *o.comms.ep;
-    plan_dispatch(a, ep, E, o.layer, scratch);
+    plan_dispatch(a, ep, a.offsets, E, o.layer, scratch);
     const size_t mark = scratch.mark();
     const Dispatch d = Dispatch::bind(a, El, D, scratch);
     T* peer_rows = scratch.alloc<T>(a.recv_rows * D);
@@ -295,7 +437,7 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
     d.backward(ep, peer_rows, a.yp);
     scratch.release(mark);
   }
-  combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, shared, ctx);
+  if (!o.comms.inter || a.ep == 1) combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, shared, ctx);
 
   // balance statistics over this micro-batch's pools (DESIGN 1.6); pooled scopes that span
   // ranks add their counts and sizes over the pool's ranks
@@ -344,13 +486,21 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
   const size_t mark = scratch.mark();
   T* dyp = scratch.alloc<T>(R * D);
   T* dgate = scratch.alloc<T>(N * K);
-  T* dxp = scratch.alloc<T>(R * D);
+  T* dxp = scratch.alloc<T>(std::max(R, N) * D);  // hierarchical: the routed dx (N, D)
   T* dh = scratch.alloc<T>(rows * F);
   T* dgu = scratch.alloc<T>(rows * 2 * F);
   T* ds = scratch.alloc<T>(N * E);
   T* dz = scratch.alloc<T>(N * E);
 
   // routed experts, in reverse; the shared experts write dx first
+  if (a.ep > 1 && o.comms.inter) {
+    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+    hier_backward(dxp, dgate, dy, a, w, g, p, c, o, N, scratch, ctx);  // dxp: the routed dx (N, D)
+    if (shared)
+      for (int64_t i = 0; i < N * D; ++i) dx[i] += dxp[i];
+    else
+      std::memcpy(dx, dxp, sizeof(T) * N * D);
+  } else {
   combine_rows_backward<T>(dyp, dgate, dy, a.yp, a.gate, a.pair_row, N, int(K), D, ctx);
   auto experts = [&](const T* dout, T* din, const T* in, const int32_t* offsets) {
     grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, dout, a.h, F, w + p.experts + 2 * F * D,
@@ -379,6 +529,7 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
     d.backward(ep, peer_rows, dxp);
   }
   permute_rows_backward<T>(dx, dxp, a.pair_row, N, int(K), D, shared, ctx);
+  }
 
   // router: balance loss through s' (all experts), gates through the selected ones, z-loss
   const int64_t pr = o.pool_rows;

@@ -59,6 +59,11 @@ class Comm;
 struct MoeComms {
   Comm* ep = nullptr;    // the EP group: ep ranks holding E/ep experts each; null = all local
   Comm* pool = nullptr;  // the ranks sharing a balance pool (ep_group, global); null = local
+  // Hierarchical dispatch for EP groups spread over nodes (Pangu): the ranks of this EP group on
+  // this node (intra) and those with the same local index on the group's other nodes (inter).
+  // Null: flat all_to_all_v over the whole group.
+  Comm* intra = nullptr;
+  Comm* inter = nullptr;
 };
 
 // How one MoE forward routes and which loss terms it carries (DESIGN 1.5, 1.6).
@@ -111,11 +116,21 @@ struct MoeActs {
   int32_t* perm = nullptr;         // (recv) expert-major row -> row of the received buffer
   int32_t* local_offsets = nullptr;  // (E/ep + 1) over xe
   int64_t* counts = nullptr;       // (4 ep) rows sent/received per peer and their offsets
+  int64_t peers = 1;               // peers of the last dispatch (ep flat, ranks per node hierarchical)
+  // hierarchical dispatch: pairs of all the group's nodes' tokens that go to this node's experts
+  int64_t nodes = 1;               // nodes the EP group spans (1: flat)
+  int64_t hier_rows = 0;           // H pairs handled on this rank for this node
+  T* hx = nullptr;                 // (H, D) their inputs, sorted by node-local expert
+  T* hy = nullptr;                 // (H, D) their expert outputs
+  int32_t* hpair = nullptr;        // (H) (source rank in inter, token, slot) as (s*N + t)*K + k
+  int32_t* hoffsets = nullptr;     // (experts on this node + 1) over hx
+  T* ggate = nullptr;              // (nodes * N * K) gates of every gathered token
   int64_t& send_rows_of(int64_t q) { return counts[q]; }
   int64_t& send_off_of(int64_t q) { return counts[ep + q]; }
   int64_t& recv_rows_of(int64_t q) { return counts[2 * ep + q]; }
   int64_t& recv_off_of(int64_t q) { return counts[3 * ep + q]; }
-  void alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size);
+  void alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size,
+             int64_t n_nodes = 1);
 };
 
 // y (N, D) = MoE(x), written. Dispatch temporaries come from `scratch`.

@@ -78,7 +78,7 @@ struct LayerActs {
   T* ffn = nullptr;       // (N, D) FFN output
   T* rstd_pf = nullptr;   // (N) post-FFN norm (sandwich)
 
-  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe, int64_t ep) {
+  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe, int64_t ep, int64_t nodes) {
     const int64_t N = B * T_, D = c.hidden_size;
     a_n = a.alloc<T>(N * D);
     rstd_in = a.alloc<T>(N);
@@ -88,7 +88,7 @@ struct LayerActs {
     x_mid = a.alloc<T>(N * D);
     f_n = a.alloc<T>(N * D);
     rstd_pre = a.alloc<T>(N);
-    if (is_moe) moe.alloc(a, c, N, B, ep);
+    if (is_moe) moe.alloc(a, c, N, B, ep, nodes);
     else mlp.alloc(a, N, c.intermediate_size);
     ffn = a.alloc<T>(N * D);
     rstd_pf = a.alloc<T>(N);
@@ -172,7 +172,7 @@ void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& 
 
 // Upper bound of the scratch memory one backward needs, in elements of T (layer temporaries,
 // the larger of the attention and FFN temporaries, and the MTP temporaries).
-int64_t backward_scratch_elements(const ModelConfig& c, int64_t N, int64_t ep) {
+int64_t backward_scratch_elements(const ModelConfig& c, int64_t N, int64_t ep, int64_t nodes) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, dqk = c.qk_head_dim(),
                 dv = c.v_head_dim, nope = c.qk_nope_head_dim, kvw = c.kv_lora_rank + c.qk_rope_head_dim;
   const int64_t mla = N * (H * dv * 2 + H * dqk * 2 + H * (nope + dv) + kvw + c.kv_lora_rank +
@@ -183,7 +183,9 @@ int64_t backward_scratch_elements(const ModelConfig& c, int64_t N, int64_t ep) {
   const int64_t Rx = ep > 1 ? std::max(R, ep * N * std::min(K, E / ep)) : R;
   const int64_t mlp = N * 3 * std::max<int64_t>(c.intermediate_size, c.shared_width());
   const int64_t moe = R * D * 2 + N * K + Rx * F * 3 + N * E * 2 + mlp + (ep > 1 ? 3 * Rx * D + E * 8 : 0);
-  const int64_t layer = 4 * N * D + std::max({mla, moe, mlp});
+  // hierarchical dispatch: gathered tokens and gradients, the node's pairs, partial sums
+  const int64_t hier = nodes > 1 ? 4 * nodes * N * D + 2 * nodes * N * std::min(K, E / nodes) * D + 3 * nodes * N * K : 0;
+  const int64_t layer = 4 * N * D + std::max({mla, moe + hier, mlp});
   const int64_t top = N * D * 6;  // main dres + MTP dres, dcat (2D), d emb, d hprev
   return top + layer + 64 * 64;   // + alignment slack
 }
@@ -239,14 +241,14 @@ struct Model<T>::Impl {
     }
   }
 
-  int64_t ep = 1;
+  int64_t ep = 1, nodes = 1;
 
   void layout(Arena& a, int64_t B, int64_t T_) {
     const int64_t N = B * T_, D = c.hidden_size, L = c.num_hidden_layers;
     res.assign(L + 1, nullptr);
     for (auto& r : res) r = a.alloc<T>(N * D);
     lacts.assign(L, LayerActs<T>{});
-    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l), ep);
+    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l), ep, nodes);
     h0 = a.alloc<T>(N * D);
     rstd_final = a.alloc<T>(N);
     dh0 = a.alloc<T>(N * D);
@@ -264,7 +266,7 @@ struct Model<T>::Impl {
       m.hn = a.alloc<T>(Nk * D);
       m.rstd_n = a.alloc<T>(Nk);
       m.dhn = a.alloc<T>(Nk * D);
-      m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1), ep);
+      m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1), ep, nodes);
     }
   }
 };
@@ -284,11 +286,13 @@ Model<T>::Model(const ModelConfig& c, const ParamTable& table, const ModelOption
     if (c.is_moe_layer(l)) moe_layers_.push_back(l);
   impl_ = std::make_unique<Impl>(cfg_, table);
   impl_->ep = ep;
+  const int64_t nodes = opt.comms.inter ? opt.comms.inter->size() : 1;
+  impl_->nodes = nodes;
   Arena probe = Arena::counting();
   impl_->layout(probe, opt.micro_batch, opt.seq_len);
   impl_->acts = Arena(probe.used());
   impl_->layout(impl_->acts, opt.micro_batch, opt.seq_len);
-  impl_->scratch = Arena(sizeof(T) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len, ep));
+  impl_->scratch = Arena(sizeof(T) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len, ep, nodes));
   const int64_t half = c.qk_rope_head_dim / 2;
   impl_->rope_cos.resize(opt.seq_len * half);
   impl_->rope_sin.resize(opt.seq_len * half);

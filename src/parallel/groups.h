@@ -23,9 +23,13 @@ struct StepGroups {
 struct ParallelLayout {
   Comm* world = nullptr;
   std::unique_ptr<Comm> ep, edp;
-  // world: the job's group; ep: the EP group size (must divide world->size()).
-  ParallelLayout(Comm& world, int ep_size);
+  // Hierarchical dispatch when an EP group spans several nodes (ranks_per_node consecutive ranks
+  // per node): this rank's EP peers on its node, and those with its local index on other nodes.
+  std::unique_ptr<Comm> ep_intra, ep_inter;
+  // world: the job's group; ep_size must divide its size. ranks_per_node 0: one node.
+  ParallelLayout(Comm& world, int ep_size, int ranks_per_node = 0);
   StepGroups groups() const { return {world, ep.get(), edp.get()}; }
+  bool hierarchical() const { return ep_inter != nullptr; }
 };
 
 }  // namespace um

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/failpoint.h"
 #include "core/safetensors.h"
 #include "parallel/comm.h"
 
@@ -39,19 +40,6 @@ void write_text(const std::string& path, const std::string& text) {
     UM_CHECK(f.good(), "checkpoint", "writing ", path, " failed (disk full?)");
   }
   fsync_path(path, false);
-}
-
-// Test hook: ULTRAMOE_FAILPOINT=checkpoint.after_model:N kills the process (SIGKILL, no cleanup)
-// during the N-th checkpoint write of this process, right after model.safetensors, to prove
-// that a crash mid-write leaves every earlier checkpoint intact. Unset in normal use.
-void failpoint(const char* name) {
-  static int hits = 0;
-  const char* env = std::getenv("ULTRAMOE_FAILPOINT");
-  if (!env) return;
-  const std::string spec(env), want(name);
-  if (spec.rfind(want, 0) != 0) return;
-  const int nth = spec.size() > want.size() + 1 ? std::atoi(spec.c_str() + want.size() + 1) : 1;
-  if (++hits == nth) std::raise(SIGKILL);
 }
 
 bool is_step_dir(const std::string& name) {
@@ -124,7 +112,7 @@ std::string write_checkpoint_dir(const std::string& root, const RunConfig& rc, c
   }
   model.set_metadata("format", "pt");
   model.write(tmp + "/model.safetensors", true);
-  failpoint("checkpoint.after_model");
+  failpoint_kill("checkpoint.after_model");
   opt.set_metadata("adam_step", std::to_string(state.adam_step));
   opt.write(tmp + "/optimizer.safetensors", true);
   write_text(tmp + "/config.json", hf_config_json(rc.model).dump(2) + "\n");
@@ -314,9 +302,10 @@ void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore
     UM_CHECK(model.has(b.name), "checkpoint", dir, "/model.safetensors: missing tensor ", b.name);
     model.read_into<T>(b.name, ps.buf.data() + b.offset, {b.numel});
   }
-  if (model.entries().size() != expected) {
+  if (model.entries().size() != expected) {  // extra tensors: other ranks' experts, or foreign ones
+    const ParamTable full = build_param_table(read_checkpoint_config(dir).model);
     for (const auto& [name, e] : model.entries())
-      UM_CHECK(table.find(name) || table.find_buffer(name), "checkpoint", dir,
+      UM_CHECK(full.find(name) || full.find_buffer(name), "checkpoint", dir,
                "/model.safetensors: unexpected tensor ", name, " (not part of this model)");
   }
   if (!optimizer) return;

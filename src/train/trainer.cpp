@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/failpoint.h"
 #include "model/flops.h"
 #include "model/model.h"
 #include "parallel/attention_balance.h"
@@ -122,10 +123,12 @@ int run_training(const TrainOptions& opt) {
   EvalWindows val_windows(data.val(), T_);
 
   // the layout: EP groups, expert-data-parallel groups, balance pools (DESIGN 4, 1.6)
-  ParallelLayout layout(*world, ep);
+  ParallelLayout layout(*world, ep, int(rc.parallel.ranks_per_node));
   const StepGroups groups = W > 1 ? layout.groups() : StepGroups{};
   MoeComms mc;
   if (ep > 1) mc.ep = layout.ep.get();
+  mc.intra = layout.ep_intra.get();
+  mc.inter = layout.ep_inter.get();
   if (tc.balance_scope == BalanceScope::ep_group && ep > 1) mc.pool = layout.ep.get();
   if (tc.balance_scope == BalanceScope::global && W > 1) mc.pool = world;
   const bool zero = rc.parallel.zero == 1;
@@ -172,8 +175,9 @@ int run_training(const TrainOptions& opt) {
     std::printf("config:\n%s\n", rc.to_json().dump(2).c_str());
     std::printf("model: %.2fM parameters (%.2fM active per token), %.1f MiB of activations per rank\n",
                 counts.total / 1e6, counts.active / 1e6, model.activation_bytes() / 1048576.0);
-    std::printf("layout: %d rank%s x %d threads, ep %d%s, micro-batch %lld x %lld micro-steps\n", W, W > 1 ? "s" : "",
-                ctx.n_threads, ep, zero ? ", ZeRO-1" : "", (long long)m, (long long)(n_local / m));
+    std::printf("layout: %d rank%s x %d threads, ep %d%s%s, micro-batch %lld x %lld micro-steps\n", W, W > 1 ? "s" : "",
+                ctx.n_threads, ep, zero ? ", ZeRO-1" : "", layout.hierarchical() ? ", hierarchical dispatch" : "",
+                (long long)m, (long long)(n_local / m));
     std::printf("data: %s — %lld train tokens (%lld windows of %lld), %lld validation tokens\n",
                 rc.data.path.c_str(), (long long)data.train().size(), (long long)train_windows.n_windows(),
                 (long long)T_, (long long)data.val().size());
@@ -232,6 +236,7 @@ int run_training(const TrainOptions& opt) {
       attn_balanced = sa.max_over_mean;
       attn_canonical = sa.canonical_max_over_mean;
     }
+    failpoint_throw("train.step");
     StepOutcome o = train_step(model, ps, optim, tc, step, state.adam_step, local_batch.data(), groups, ctx);
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     const double tok_s = double(B * T_) / dt;

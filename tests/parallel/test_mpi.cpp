@@ -46,11 +46,13 @@ struct Case {
   int64_t B, m;  // global batch, per-rank micro-batch
   bool capacity = false;
   bool attention_balance = false;
+  int ranks_per_node = 0;  // > 0 and < ep: hierarchical dispatch
   std::string name() const {
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "%s_ep%d_zero%d_%s_B%lld_m%lld%s%s", golden.c_str(), ep, int(zero),
+    char buf[192];
+    std::snprintf(buf, sizeof buf, "%s_ep%d_zero%d_%s_B%lld_m%lld%s%s%s", golden.c_str(), ep, int(zero),
                   balance_scope_name(scope), (long long)B, (long long)m, capacity ? "_capacity" : "",
-                  attention_balance ? "_dpbalance" : "");
+                  attention_balance ? "_dpbalance" : "",
+                  ranks_per_node ? ("_hier" + std::to_string(ranks_per_node)).c_str() : "");
     return buf;
   }
 };
@@ -89,10 +91,13 @@ void run_case(const Case& k) {
                                       StepGroups{}, ctx));
 
   // W ranks
-  ParallelLayout layout(world, k.ep);
+  ParallelLayout layout(world, k.ep, k.ranks_per_node);
   const StepGroups g = layout.groups();
   MoeComms mc;
   if (k.ep > 1) mc.ep = layout.ep.get();
+  mc.intra = layout.ep_intra.get();
+  mc.inter = layout.ep_inter.get();
+  EXPECT_EQ(layout.hierarchical(), k.ranks_per_node > 0 && k.ranks_per_node < k.ep);
   if (k.scope == BalanceScope::ep_group && k.ep > 1) mc.pool = layout.ep.get();
   if (k.scope == BalanceScope::global) mc.pool = &world;
   const ParamTable table = build_param_table(c, rank % k.ep, k.ep, k.zero ? int64_t(W) * 16 : 1);
@@ -153,7 +158,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tiny_dssn", 2, false, BalanceScope::global, 8, 1, false, true},
                       Case{"tiny_moge", 2, false, BalanceScope::micro_batch, 8, 2, true},
                       Case{"tiny_moge", 4, true, BalanceScope::ep_group, 8, 1},
-                      Case{"tiny_preln", 2, false, BalanceScope::sequence, 4, 1, false, true}),
+                      Case{"tiny_preln", 2, false, BalanceScope::sequence, 4, 1, false, true},
+                      // hierarchical dispatch: 2 nodes of 1 rank, 2 nodes of 2, 4 nodes of 1
+                      Case{"tiny_dssn", 2, false, BalanceScope::micro_batch, 8, 2, false, false, 1},
+                      Case{"tiny_dssn", 4, true, BalanceScope::ep_group, 8, 1, false, false, 2},
+                      Case{"tiny_moge", 4, false, BalanceScope::micro_batch, 8, 2, true, false, 1}),
     [](const auto& info) { return info.param.name(); });
 
 TEST(MpiComm, CollectivesAndSplit) {
