@@ -3,6 +3,7 @@
 // values.
 #include <gtest/gtest.h>
 
+#include "model/flops.h"
 #include "model/params.h"
 #include "plan/plan_model.h"
 #include "plan_fixtures.h"
@@ -84,6 +85,17 @@ TEST(PlanModel, FlopsPerTokenMlaCountsMtpAndRouter) {
   const int64_t T = 100;
   const double expected = 6 * n_mm + 6.0 * 4 * (48 + 32) * (T + 1) / 2.0 * (4 + 1);
   EXPECT_DOUBLE_EQ(model_flops_per_token(m, T), expected);
+}
+
+TEST(PlanModel, FlopsPerTokenAgreesWithTheTrainersMfu) {
+  // two implementations of DESIGN 7: the planner's and the one `ultramoe train` reports MFU with
+  for (const char* rel : {"configs/pangu-ultra-moe-718b.json", "configs/deepseek-v3-671b.json", "configs/tiny.json"}) {
+    const ModelConfig c = parse_model_config(read_json_file(source_path(rel))["model"], "model");
+    for (int64_t T : {64, 4096}) {
+      const double trainer = flops_per_token(c, T).total;
+      EXPECT_NEAR(model_flops_per_token(plan_model_from_config(c), T) / trainer, 1.0, 1e-12) << rel << " T=" << T;
+    }
+  }
 }
 
 TEST(PlanModel, RejectsBadPlannerOnlyConfigs) {

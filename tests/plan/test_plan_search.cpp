@@ -176,5 +176,25 @@ TEST(PlanCli, JsonForOneLayoutAndClearErrors) {
   EXPECT_NE(err4.find("rank"), std::string::npos);
 }
 
+TEST(PlanCli, RunConfigLayoutAgainstAMeasuredStep) {
+  // a run config gives seq, batch and the engine's layout; a metrics line gives the measurement
+  const std::string measured = ::testing::TempDir() + "plan_measured.json";
+  std::FILE* f = std::fopen(measured.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(R"({"kind": "train", "step": 5, "tokens_per_s": 1000.0})", f);
+  std::fclose(f);
+  auto [rc, out] = run_cli("--model " + source_path("configs/tiny.json") + " --hardware " +
+                           source_path("configs/hardware/cpu-local.json") +
+                           " --devices 1 --layout config --measured " + measured + " --json");
+  ASSERT_EQ(rc, 0) << out;
+  const json j = json::parse(out);
+  EXPECT_EQ(j["workload"]["seq_len"].get<int>(), 64);     // data.seq_len
+  EXPECT_EQ(j["workload"]["global_batch"].get<int>(), 8); // train.batch_size
+  EXPECT_EQ(j["layout"]["mbs"].get<int>(), 4);            // train.micro_batch_size
+  EXPECT_DOUBLE_EQ(j["measured"]["step_time_s"].get<double>(), 8 * 64 / 1000.0);
+  EXPECT_NEAR(j["predicted_over_measured"].get<double>(), j["step_time_s"].get<double>() / 0.512, 1e-12);
+  std::remove(measured.c_str());
+}
+
 }  // namespace
 }  // namespace um::plan

@@ -2,6 +2,7 @@
 // (or evaluates one), searches model geometries, calibrates the CPU hardware file from
 // bench_ops, and sets predictions against measured `ultramoe bench` steps. The cost model lives
 // in src/plan; this file reads options and prints.
+#include <cmath>
 #include <cstdio>
 #include <optional>
 #include <sstream>
@@ -48,6 +49,8 @@ static const char* kUsage =
     "  --json                 print one JSON object (mfu, step_time_s, memory_per_device_bytes, ...)\n";
 
 namespace {
+
+double gb(double bytes) { return std::round(bytes / 1e8) / 10; }  // GB with one decimal, for messages
 
 std::vector<int64_t> int_list(const CliArgs& a, const std::string& name) {
   std::vector<int64_t> out;
@@ -195,8 +198,8 @@ int one_layout(const CliArgs& a, const Inputs& in) {
       std::printf("measured    %.4g s per step (%.4g tokens/s): predicted / measured = %.3f\n", measured->step_time_s,
                   measured->tokens_per_s, p.step_time_s / measured->step_time_s);
   }
-  UM_CHECK(p.fits, "plan", "layout ", layout_string(p.layout), " needs ", p.memory.total() / 1e9,
-           " GB per device (stage ", p.memory_stage, "), ", in.hw.name, " has ", in.hw.memory_bytes / 1e9,
+  UM_CHECK(p.fits, "plan", "layout ", layout_string(p.layout), " needs ", gb(p.memory.total()),
+           " GB per device (stage ", p.memory_stage, "), ", in.hw.name, " has ", gb(in.hw.memory_bytes),
            " GB: the model does not fit this layout (try recompute=selective or full, more pp, tp or ep)");
   return 0;
 }
@@ -208,8 +211,8 @@ int search(const CliArgs& a, const Inputs& in) {
            " with global batch ", in.w.global_batch, " (check that --global-batch is a multiple of the data-parallel",
            " size and --devices of the tensor x pipeline sizes)");
   UM_CHECK(!r.ranked.empty(), "plan", "the model does not fit: none of the ", r.evaluated, " layouts of ",
-           in.w.devices, " devices fits in ", in.hw.memory_bytes / 1e9, " GB; the smallest, ",
-           layout_string(r.smallest.layout), ", needs ", r.smallest.memory.total() / 1e9, " GB per device");
+           in.w.devices, " devices fits in ", gb(in.hw.memory_bytes), " GB; the smallest, ",
+           layout_string(r.smallest.layout), ", needs ", gb(r.smallest.memory.total()), " GB per device");
   std::optional<Prediction> given;
   int64_t given_rank = 0, given_rank_by_time = 0;
   if (a.has("rank-layout")) {
