@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -216,6 +217,9 @@ struct Model<T>::Impl {
   int64_t embed = -1, final_norm = -1, head = -1;
   struct MtpP { int64_t enorm, hnorm, eh_proj, head_norm; };
   std::vector<MtpP> mtp_p;
+  // replicated parameter ranges whose gradients become final together in the backward
+  std::vector<std::pair<int64_t, int64_t>> layer_range;  // per decoder layer (MTP extras included)
+  std::pair<int64_t, int64_t> embed_range{0, 0}, tail_range{0, 0};  // tail: final norm + LM head
 
   Arena acts, scratch;
   std::vector<T*> res;                // L+1 residual streams (N, D)
@@ -231,6 +235,14 @@ struct Model<T>::Impl {
     const int L = int(c.num_hidden_layers);
     for (int l = 0; l < c.n_layers_total(); ++l) layers.push_back(LayerParams::resolve(t, c, l));
     embed = t.at("model.embed_tokens.weight").offset;
+    layer_range.assign(c.n_layers_total(), {INT64_MAX, 0});
+    tail_range = {INT64_MAX, 0};
+    for (const ParamInfo& p : t.params) {
+      if (p.expert >= 0) continue;
+      auto& r = p.layer >= 0 ? layer_range[p.layer] : (p.component == Component::embedding ? embed_range : tail_range);
+      r.first = std::min(r.first, p.offset);
+      r.second = std::max(r.second, p.offset + p.numel);
+    }
     final_norm = t.at("model.norm.weight").offset;
     head = c.tie_word_embeddings ? embed : t.at("lm_head.weight").offset;
     for (int k = 1; k <= c.num_nextn_predict_layers; ++k) {
@@ -484,6 +496,7 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
     embedding_backward<T>(g + m.embed, demb, rows.ids.data(), Nk, D, ctx);
     rmsnorm_backward<T>(dprev, D, g + mp.hnorm, dcat + D, 2 * D, a.hprev, D, w + mp.hnorm,
                         a.rstd_h, Nk, D, false, ctx);
+    if (sc.on_grads_ready) sc.on_grads_ready(m.layer_range[layer].first, m.layer_range[layer].second);
     T* dsrc = k == 1 ? m.dh0 : m.mtp[k - 2].dhn;
     const int64_t T_src = Tk + 1;
     for (int64_t b = 0; b < B; ++b)
@@ -496,9 +509,13 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
   T* dres = s.alloc<T>(N * D);
   rmsnorm_backward<T>(dres, D, g + m.final_norm, m.dh0, D, m.res[L], D, w + m.final_norm,
                       m.rstd_final, N, D, false, ctx);
-  for (int64_t l = L - 1; l >= 0; --l)
+  if (sc.on_grads_ready) sc.on_grads_ready(m.tail_range.first, m.tail_range.second);
+  for (int64_t l = L - 1; l >= 0; --l) {
     layer_backward<T>(dres, m.res[l], m.lacts[l], m.layers[l], w, g, c, main_seq, rope, main_mo, s, ctx);
+    if (sc.on_grads_ready) sc.on_grads_ready(m.layer_range[l].first, m.layer_range[l].second);
+  }
   embedding_backward<T>(g + m.embed, dres, m.wb.main.ids.data(), N, D, ctx);
+  if (sc.on_grads_ready) sc.on_grads_ready(m.embed_range.first, m.embed_range.second);
   s.release(mark);
   return r;
 }

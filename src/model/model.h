@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -47,6 +48,10 @@ struct StepScales {
   double z_coef = 0;                // beta_z
   int64_t n_sequences = 1;          // global sequences in the step (z-loss means)
   bool with_mtp = true;             // false: skip the MTP modules (evaluation, generation)
+  // Called during the backward with each range [begin, end) of replicated parameters whose
+  // gradients this micro-batch has finished (a layer, the head, the embedding), so the caller
+  // can start reducing them while the backward goes on. Null: not called.
+  std::function<void(int64_t, int64_t)> on_grads_ready;
 };
 
 // What one micro-batch forward produced (sums, not yet normalised, so they add across

@@ -77,9 +77,16 @@ class Comm {
   virtual Request isend(const void* buf, int64_t count, DType t, int dst, int tag) = 0;
   virtual Request irecv(void* buf, int64_t count, DType t, int src, int tag) = 0;
 
+  // Wall seconds this group has spent inside blocking calls and waits (communication time as the
+  // caller sees it; time hidden behind computation by the non-blocking forms is not counted).
+  double busy_seconds() const { return busy_seconds_; }
+
   // Convenience: sum a few doubles or int64s across the group.
   void sum(std::vector<double>& v) { all_reduce(v.data(), int64_t(v.size()), DType::f64, ReduceOp::sum); }
   void sum(std::vector<int64_t>& v) { all_reduce(v.data(), int64_t(v.size()), DType::i64, ReduceOp::sum); }
+
+ protected:
+  double busy_seconds_ = 0;
 };
 
 // A group of one process.

@@ -47,10 +47,22 @@ void check(int rc, const char* op) {
   fail("comm", op, " failed: ", std::string(msg, size_t(len)));
 }
 
+// Adds the wall time of a scope to a counter.
+struct Busy {
+  double& total;
+  double t0 = MPI_Wtime();
+  explicit Busy(double& t) : total(t) {}
+  ~Busy() { total += MPI_Wtime() - t0; }
+};
+
 struct MpiRequest final : Request::Impl {
   MPI_Request req = MPI_REQUEST_NULL;
   std::vector<int> counts;  // int copies of the counts/offsets, alive until completion
-  void wait() override { check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait"); }
+  double* busy = nullptr;
+  void wait() override {
+    Busy b(*busy);
+    check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
+  }
 };
 
 class MpiComm final : public Comm {
@@ -74,33 +86,43 @@ class MpiComm final : public Comm {
     return std::make_unique<MpiComm>(c, true);
   }
   void all_reduce(void* buf, int64_t n, DType t, ReduceOp op) override {
+    Busy b(busy_seconds_);
     check(MPI_Allreduce(MPI_IN_PLACE, buf, as_int(n, "all_reduce"), mpi_type(t), mpi_op(op), comm_), "MPI_Allreduce");
   }
   void all_gather(const void* send, void* recv, int64_t n, DType t) override {
+    Busy b(busy_seconds_);
     check(MPI_Allgather(send, as_int(n, "all_gather"), mpi_type(t), recv, as_int(n, "all_gather"), mpi_type(t), comm_),
           "MPI_Allgather");
   }
   void reduce_scatter(const void* send, void* recv, int64_t n, DType t, ReduceOp op) override {
+    Busy b(busy_seconds_);
     check(MPI_Reduce_scatter_block(send, recv, as_int(n, "reduce_scatter"), mpi_type(t), mpi_op(op), comm_),
           "MPI_Reduce_scatter_block");
   }
   void all_to_all_v(const void* send, const int64_t* sc, const int64_t* so, void* recv, const int64_t* rc,
                     const int64_t* ro, DType t) override {
     std::vector<int> c = int_counts(sc, so, rc, ro);
+    Busy b(busy_seconds_);
     check(MPI_Alltoallv(send, c.data(), c.data() + size_, mpi_type(t), recv, c.data() + 2 * size_,
                         c.data() + 3 * size_, mpi_type(t), comm_),
           "MPI_Alltoallv");
   }
   void send(const void* buf, int64_t n, DType t, int dst, int tag) override {
+    Busy b(busy_seconds_);
     check(MPI_Send(buf, as_int(n, "send"), mpi_type(t), dst, tag, comm_), "MPI_Send");
   }
   void recv(void* buf, int64_t n, DType t, int src, int tag) override {
+    Busy b(busy_seconds_);
     check(MPI_Recv(buf, as_int(n, "recv"), mpi_type(t), src, tag, comm_, MPI_STATUS_IGNORE), "MPI_Recv");
   }
-  void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+  void barrier() override {
+    Busy b(busy_seconds_);
+    check(MPI_Barrier(comm_), "MPI_Barrier");
+  }
 
   Request iall_reduce(void* buf, int64_t n, DType t, ReduceOp op) override {
     auto r = std::make_unique<MpiRequest>();
+    r->busy = &busy_seconds_;
     check(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all_reduce"), mpi_type(t), mpi_op(op), comm_, &r->req),
           "MPI_Iallreduce");
     return Request(std::move(r));
@@ -108,6 +130,7 @@ class MpiComm final : public Comm {
   Request iall_to_all_v(const void* send, const int64_t* sc, const int64_t* so, void* recv, const int64_t* rc,
                         const int64_t* ro, DType t) override {
     auto r = std::make_unique<MpiRequest>();
+    r->busy = &busy_seconds_;
     r->counts = int_counts(sc, so, rc, ro);
     const int* c = r->counts.data();
     check(MPI_Ialltoallv(send, c, c + size_, mpi_type(t), recv, c + 2 * size_, c + 3 * size_, mpi_type(t), comm_,
@@ -117,11 +140,13 @@ class MpiComm final : public Comm {
   }
   Request isend(const void* buf, int64_t n, DType t, int dst, int tag) override {
     auto r = std::make_unique<MpiRequest>();
+    r->busy = &busy_seconds_;
     check(MPI_Isend(buf, as_int(n, "send"), mpi_type(t), dst, tag, comm_, &r->req), "MPI_Isend");
     return Request(std::move(r));
   }
   Request irecv(void* buf, int64_t n, DType t, int src, int tag) override {
     auto r = std::make_unique<MpiRequest>();
+    r->busy = &busy_seconds_;
     check(MPI_Irecv(buf, as_int(n, "recv"), mpi_type(t), src, tag, comm_, &r->req), "MPI_Irecv");
     return Request(std::move(r));
   }

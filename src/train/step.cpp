@@ -67,11 +67,11 @@ void reduce_stats(StepOutcome& out, double& ce_main, Comm& world) {
 template <class T>
 StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
                             int64_t step, const int32_t* windows, const StepGroups& g,
-                            const Ctx& ctx) {
+                            const Ctx& ctx, const Optimizer* opt) {
   const ModelConfig& c = model.config();
   const int64_t W = g.world_size(), m = tc.micro_batch_size, T_ = model.options().seq_len;
   const int64_t n_local = tc.batch_size / W, depth = c.num_nextn_predict_layers;
-  const StepScales sc = step_scales(c, tc, windows, n_local, T_, step, g);
+  StepScales sc = step_scales(c, tc, windows, n_local, T_, step, g);
 
   StepOutcome out;
   out.step = step;
@@ -85,7 +85,14 @@ StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfi
 
   ps.zero_grad();
   double ce_main = 0;
+  const bool overlap = opt && !opt->zero && g.world && g.world->size() > 1;
+  if (overlap) out.pending = std::make_shared<std::vector<Request>>();
   for (int64_t first = 0; first < n_local; first += m) {
+    if (overlap && first + m >= n_local)  // the last micro-batch: its finished ranges are final
+      sc.on_grads_ready = [&](int64_t b, int64_t e) {
+        out.pending->push_back(g.world->iall_reduce(ps.g.data() + b, e - b, dtype_of<T>(), ReduceOp::sum));
+        out.pending_elements += e - b;
+      };
     MicroResult r = model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx);
     ce_main += r.ce_main;
     for (int64_t k = 0; k < depth; ++k) out.mtp_ce[k] += r.ce_mtp[k];
@@ -131,7 +138,17 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   // gradient reductions (plain sums, DESIGN 1.8) and the squared norm, every element once
   double ss = 0;
   if (!opt.zero) {
-    if (g.world && g.world->size() > 1) g.world->all_reduce(grad, n_dense, dt, ReduceOp::sum);
+    if (out.pending) {  // started during the backward; every replicated tensor exactly once
+      for (Request& r : *out.pending) r.wait();
+      int64_t params = 0;
+      for (const DecayRun& r : opt.runs)
+        if (r.begin < n_dense) params += std::min(r.end, n_dense) - r.begin;
+      UM_CHECK(out.pending_elements == params, "step", "the backward reported ", out.pending_elements,
+               " replicated gradient elements, the table has ", params);
+      out.pending.reset();
+    } else if (g.world && g.world->size() > 1) {
+      g.world->all_reduce(grad, n_dense, dt, ReduceOp::sum);
+    }
     if (g.edp && g.edp->size() > 1)
       g.edp->all_reduce(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, dt, ReduceOp::sum);
     std::vector<double> parts = {sum_squares<T>(grad, n_dense, ctx),
@@ -192,14 +209,15 @@ template <class T>
 StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                        const TrainConfig& tc, int64_t step, int64_t& adam_step,
                        const int32_t* windows, const StepGroups& g, const Ctx& ctx) {
-  StepOutcome out = accumulate_step<T>(model, ps, tc, step, windows, g, ctx);
+  StepOutcome out = accumulate_step<T>(model, ps, tc, step, windows, g, ctx, &opt);
   apply_update<T>(out, model, ps, opt, tc, adam_step, g, ctx);
   return out;
 }
 
 #define UM_INSTANTIATE(T)                                                                        \
   template StepOutcome accumulate_step<T>(Model<T>&, ParamStore<T>&, const TrainConfig&, int64_t, \
-                                          const int32_t*, const StepGroups&, const Ctx&);        \
+                                          const int32_t*, const StepGroups&, const Ctx&,         \
+                                          const Optimizer*);                                     \
   template void apply_update<T>(StepOutcome&, Model<T>&, ParamStore<T>&, const Optimizer&,        \
                                 const TrainConfig&, int64_t&, const StepGroups&, const Ctx&);    \
   template StepOutcome train_step<T>(Model<T>&, ParamStore<T>&, const Optimizer&, const TrainConfig&, \

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "model/model.h"
@@ -32,6 +33,9 @@ struct StepOutcome {
   std::vector<double> balance;  // per MoE layer: mean over pools of B_l (without alpha)
   int64_t n_main = 0;
   std::vector<int64_t> n_mtp;
+  // dense-gradient all-reduces started during the last micro-batch's backward (DESIGN 4)
+  std::shared_ptr<std::vector<Request>> pending;
+  int64_t pending_elements = 0;
 };
 
 // Balance pools in a step of B global sequences (DESIGN 1.6).
@@ -47,10 +51,12 @@ StepScales step_scales(const ModelConfig& c, const TrainConfig& tc, const int32_
 // runs sequences [(a*W + r)*m, (a*W + r + 1)*m) at micro-step a). Gradients of J in ps.g
 // (zeroed first; not yet reduced across ranks), losses and routing statistics (reduced) in
 // the outcome.
+// With an optimizer that does not shard (no ZeRO) and several ranks, the dense gradients of the
+// last micro-batch are all-reduced range by range as the backward finishes them.
 template <class T>
 StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
                             int64_t step, const int32_t* windows, const StepGroups& g,
-                            const Ctx& ctx);
+                            const Ctx& ctx, const Optimizer* opt = nullptr);
 
 // Reduces the gradients, then norm, non-finite check, clipping, AdamW, aux-free biases.
 // adam_step counts applied updates; incremented unless the step is skipped.
