@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "core/profiler.h"
 #include "core/tensor.h"
 
 namespace um {
@@ -47,6 +48,7 @@ struct Ctx {
   void* stream = nullptr;  // cudaStream_t on the CUDA backend
   int n_threads = 1;       // OpenMP threads used by CPU kernels
   Workspace* workspace = nullptr;
+  Profiler* prof = nullptr;  // step-time breakdown (ultramoe bench); null: not measured
 
   static Ctx cpu(Workspace* ws);  // n_threads = the OpenMP maximum
 

@@ -1,6 +1,7 @@
 #include "model/ffn.h"
 
 #include <algorithm>
+#include <optional>
 #include <cstring>
 #include <cmath>
 #include <numeric>
@@ -11,6 +12,7 @@
 #include "ops/linear.h"
 #include "ops/permute.h"
 #include "ops/swiglu.h"
+#include "ops/vmath.h"
 
 namespace um {
 
@@ -39,6 +41,7 @@ template <class T>
 void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const T* w, const MlpParams& p,
                  int64_t N, int64_t D, const Ctx& ctx) {
   const int64_t F = p.width;
+  PhaseTimer timer(ctx.prof, Phase::shared);
   linear_forward<T>(a.gu, 2 * F, x, D, w + p.gate_up, N, D, 2 * F, ctx);
   swiglu_forward<T>(a.h, a.gu, N, F, ctx);
   gemm<T>(false, true, N, D, F, T(1), a.h, F, w + p.down, F, accumulate ? T(1) : T(0), y, D);
@@ -48,6 +51,7 @@ template <class T>
 void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x, const T* w,
                   T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx) {
   const int64_t F = p.width;
+  PhaseTimer timer(ctx.prof, Phase::shared);
   const size_t mark = scratch.mark();
   T* dh = scratch.alloc<T>(N * F);
   T* dgu = scratch.alloc<T>(N * 2 * F);
@@ -240,11 +244,13 @@ void plan_dispatch(MoeActs<T>& a, Comm& ep, const int32_t* offsets, int64_t E, i
 
 template <class T>
 void gather_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t D, const Ctx& ctx) {
+  PhaseTimer timer(ctx.prof, Phase::dispatch);
 #pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n * D))
   for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * D, src + int64_t(perm[i]) * D, sizeof(T) * D);
 }
 template <class T>
 void scatter_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t D, const Ctx& ctx) {
+  PhaseTimer timer(ctx.prof, Phase::dispatch);
 #pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n * D))
   for (int64_t i = 0; i < n; ++i) std::memcpy(dst + int64_t(perm[i]) * D, src + i * D, sizeof(T) * D);
 }
@@ -378,30 +384,36 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
   st.reset(E);
   st.tokens = N;
 
-  // route: z = x Wr^T, scores, top-k on s + b, gates
-  linear_forward<T>(a.z, E, x, D, w + p.router, N, D, E, ctx);
-  router_scores_forward<T>(a.s, a.z, N, E, c.scoring_func, ctx);
-  router_topk<T>(a.idx, a.margin, a.s, o.use_bias ? buffers + p.bias : nullptr, N, E, o.spec, ctx);
-  router_gates_forward<T>(a.gate, a.s, a.idx, p.router_scale >= 0 ? w + p.router_scale : nullptr,
-                          N, E, int(K), c.norm_topk_prob, c.routed_scaling_factor, ctx);
-  for (int64_t n = 0; n < N; ++n) st.margin_min = std::min(st.margin_min, double(a.margin[n]));
-  for (int64_t i = 0; i < N * K; ++i) ++st.load[a.idx[i]];
+  {  // route: z = x Wr^T, scores, top-k on s + b, gates
+    PhaseTimer timer(ctx.prof, Phase::router);
+    linear_forward<T>(a.z, E, x, D, w + p.router, N, D, E, ctx);
+    router_scores_forward<T>(a.s, a.z, N, E, c.scoring_func, ctx);
+    router_topk<T>(a.idx, a.margin, a.s, o.use_bias ? buffers + p.bias : nullptr, N, E, o.spec, ctx);
+    router_gates_forward<T>(a.gate, a.s, a.idx, p.router_scale >= 0 ? w + p.router_scale : nullptr,
+                            N, E, int(K), c.norm_topk_prob, c.routed_scaling_factor, ctx);
+    for (int64_t n = 0; n < N; ++n) st.margin_min = std::min(st.margin_min, double(a.margin[n]));
+    for (int64_t i = 0; i < N * K; ++i) ++st.load[a.idx[i]];
+  }
 
   // capacity, then the permutation that makes every expert's rows contiguous
   const uint8_t* keep = nullptr;
-  if (o.capacity_factor > 0) {
-    st.dropped = capacity_keep(a.keep, a.idx, a.s, N, K, E,
-                               expert_capacity(o.capacity_factor, N, K, E));
-    keep = a.keep;
+  {
+    PhaseTimer timer(ctx.prof, Phase::dispatch);
+    if (o.capacity_factor > 0) {
+      st.dropped = capacity_keep(a.keep, a.idx, a.s, N, K, E,
+                                 expert_capacity(o.capacity_factor, N, K, E));
+      keep = a.keep;
+    }
+    a.rows = routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, keep, N, int(K), E);
+    permute_rows_forward<T>(a.xp, x, a.row_pair, a.rows, int(K), D, ctx);
   }
-  a.rows = routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, keep, N, int(K), E);
-  permute_rows_forward<T>(a.xp, x, a.row_pair, a.rows, int(K), D, ctx);
 
   // experts: [gate|up] grouped GEMM -> SwiGLU -> down grouped GEMM, over the local experts.
   // The shared experts write y first; the routed experts add to it.
   const bool shared = p.shared.width > 0;
   const int64_t stride = 3 * F * D;  // one expert's gate|up|down block
   auto experts = [&](const T* in, T* out, int64_t rows, const int32_t* offsets) {
+    PhaseTimer timer(ctx.prof, Phase::experts);
     grouped_linear_forward<T>(a.gu, in, D, w + p.experts, stride, offsets, El, D, 2 * F, ctx);
     swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
     grouped_linear_forward<T>(out, a.h, F, w + p.experts + 2 * F * D, stride, offsets, El, F, D, ctx);
@@ -422,25 +434,36 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
     scratch.release(mark);
   } else {
     Comm& ep = *o.comms.ep;
-    plan_dispatch(a, ep, a.offsets, E, o.layer, scratch);
+    {
+      PhaseTimer timer(ctx.prof, Phase::communication);
+      plan_dispatch(a, ep, a.offsets, E, o.layer, scratch);
+    }
     const size_t mark = scratch.mark();
     const Dispatch d = Dispatch::bind(a, El, D, scratch);
     T* peer_rows = scratch.alloc<T>(a.recv_rows * D);
     {
       Request sent = d.forward_async(ep, a.xp, peer_rows);
       if (shared) mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);  // overlaps the dispatch
+      PhaseTimer timer(ctx.prof, Phase::communication);
       sent.wait();
     }
     gather_rows(a.xe, peer_rows, a.perm, a.recv_rows, D, ctx);
     experts(a.xe, a.ye, a.recv_rows, a.local_offsets);
     scatter_rows(peer_rows, a.ye, a.perm, a.recv_rows, D, ctx);
-    d.backward(ep, peer_rows, a.yp);
+    {
+      PhaseTimer timer(ctx.prof, Phase::communication);
+      d.backward(ep, peer_rows, a.yp);
+    }
     scratch.release(mark);
   }
-  if (!o.comms.inter || a.ep == 1) combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, shared, ctx);
+  if (!o.comms.inter || a.ep == 1) {
+    PhaseTimer timer(ctx.prof, Phase::dispatch);
+    combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, shared, ctx);
+  }
 
   // balance statistics over this micro-batch's pools (DESIGN 1.6); pooled scopes that span
   // ranks add their counts and sizes over the pool's ranks
+  PhaseTimer timer(ctx.prof, Phase::router);
   const int64_t pr = o.pool_rows, n_pools = N / pr;
   int64_t pool_ranks = 1;
   for (int64_t q = 0; q < n_pools; ++q) {
@@ -449,6 +472,7 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
     for (int64_t i = q * pr * K; i < (q + 1) * pr * K; ++i) f[a.idx[i]] += 1;
   }
   if (o.comms.pool && o.comms.pool->size() > 1) {
+    PhaseTimer comm(ctx.prof, Phase::communication);
     o.comms.pool->all_reduce(a.fpool, n_pools * E, dtype_of<T>(), ReduceOp::sum);
     pool_ranks = o.comms.pool->size();
   }
@@ -469,7 +493,7 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
     st.entropy_sum += ent;
     const T* z_row = a.z + n * E;
     T m = *std::max_element(z_row, z_row + E), l = 0;
-    for (int64_t e = 0; e < E; ++e) l += std::exp(z_row[e] - m);
+    for (int64_t e = 0; e < E; ++e) l += exp_fast(z_row[e] - m);
     const double lse = double(m + std::log(l));
     st.z_sum += lse * lse;
   }
@@ -493,6 +517,8 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
   T* dz = scratch.alloc<T>(N * E);
 
   // routed experts, in reverse; the shared experts write dx first
+  std::optional<PhaseTimer> phase;
+  phase.emplace(ctx.prof, Phase::dispatch);
   if (a.ep > 1 && o.comms.inter) {
     if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
     hier_backward(dxp, dgate, dy, a, w, g, p, c, o, N, scratch, ctx);  // dxp: the routed dx (N, D)
@@ -503,6 +529,7 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
   } else {
   combine_rows_backward<T>(dyp, dgate, dy, a.yp, a.gate, a.pair_row, N, int(K), D, ctx);
   auto experts = [&](const T* dout, T* din, const T* in, const int32_t* offsets) {
+    PhaseTimer timer(ctx.prof, Phase::experts);
     grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, dout, a.h, F, w + p.experts + 2 * F * D,
                                stride, offsets, El, F, D, ctx);
     swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
@@ -521,17 +548,21 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
     {
       Request sent = d.forward_async(ep, dyp, peer_rows);  // gradients travel like the tokens did
       if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+      PhaseTimer timer(ctx.prof, Phase::communication);
       sent.wait();
     }
     gather_rows(d_exp, peer_rows, a.perm, rows, D, ctx);
     experts(d_exp, dx_exp, a.xe, a.local_offsets);
     scatter_rows(peer_rows, dx_exp, a.perm, rows, D, ctx);
+    PhaseTimer timer(ctx.prof, Phase::communication);
     d.backward(ep, peer_rows, dxp);
   }
   permute_rows_backward<T>(dx, dxp, a.pair_row, N, int(K), D, shared, ctx);
   }
 
   // router: balance loss through s' (all experts), gates through the selected ones, z-loss
+  phase.reset();
+  PhaseTimer router_timer(ctx.prof, Phase::router);
   const int64_t pr = o.pool_rows;
   const int64_t pool_ranks = o.comms.pool && o.comms.pool->size() > 1 ? o.comms.pool->size() : 1;
 #pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * E))
@@ -560,9 +591,9 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
     for (int64_t n = 0; n < N; ++n) {
       const T* z_row = a.z + n * E;
       T m = *std::max_element(z_row, z_row + E), l = 0;
-      for (int64_t e = 0; e < E; ++e) l += std::exp(z_row[e] - m);
+      for (int64_t e = 0; e < E; ++e) l += exp_fast(z_row[e] - m);
       const T lse = m + std::log(l), c2 = T(2 * o.z_coef) * lse;
-      for (int64_t e = 0; e < E; ++e) dz[n * E + e] += c2 * std::exp(z_row[e] - lse);
+      for (int64_t e = 0; e < E; ++e) dz[n * E + e] += c2 * exp_fast(z_row[e] - lse);
     }
   }
   linear_backward<T>(dx, D, g + p.router, dz, E, x, D, w + p.router, N, D, E, true, ctx);

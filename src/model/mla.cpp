@@ -52,6 +52,7 @@ template <class T>
 void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams& p,
                  const ModelConfig& c, const SeqView& seq, const RopeTables<T>& rope,
                  const Ctx& ctx) {
+  PhaseTimer timer(ctx.prof, Phase::attention);
   const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, dqk = nope + rd,
                 dv = c.v_head_dim, kvr = c.kv_lora_rank, kvw = kvr + rd, qr = c.q_lora_rank;
@@ -95,6 +96,7 @@ template <class T>
 void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const T* w, T* g,
                   const MlaParams& p, const ModelConfig& c, const SeqView& seq,
                   const RopeTables<T>& rope, Arena& scratch, const Ctx& ctx) {
+  PhaseTimer timer(ctx.prof, Phase::attention);
   const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, dqk = nope + rd,
                 dv = c.v_head_dim, kvr = c.kv_lora_rank, kvw = kvr + rd, qr = c.q_lora_rank;

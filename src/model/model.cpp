@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <optional>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -108,6 +109,7 @@ void layer_forward(T* x_out, const T* x_in, LayerActs<T>& a, MoeStats* st, const
                    const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch, const Ctx& ctx) {
   const int64_t N = seq.rows(), D = c.hidden_size;
   const double eps = c.rms_norm_eps;
+  PhaseTimer timer(ctx.prof, Phase::norms);  // the norms and residual adds; sub-layers time themselves
   rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, w + p.in_norm, N, D, eps, ctx);
   mla_forward<T>(a.att, a.attn, a.a_n, w, p.attn, c, seq, rope, ctx);
   if (c.sandwich_norm) {  // x_mid = x_in + RMSNorm_post_attn(att)
@@ -140,6 +142,7 @@ void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& 
                     const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch,
                     const Ctx& ctx) {
   const int64_t N = seq.rows(), D = c.hidden_size;
+  PhaseTimer timer(ctx.prof, Phase::norms);
   const size_t mark = scratch.mark();
   T* d_fn = scratch.alloc<T>(N * D);
   T* d_an = scratch.alloc<T>(N * D);
@@ -422,6 +425,8 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
   // ---- forward: main model ----
   const SeqView main_seq{B, T_, m.wb.main.pos.data(), m.wb.main.seg_start.data()};
   const MoeOptions main_mo = moe_options(T_);
+  std::optional<PhaseTimer> phase;
+  phase.emplace(ctx.prof, Phase::norms);
   embedding_forward<T>(m.res[0], m.wb.main.ids.data(), w + m.embed, N, D, ctx);
   for (int64_t l = 0; l < L; ++l) {
     layer_forward<T>(m.res[l + 1], m.res[l], m.lacts[l], stats_for(int(l)), m.layers[l], w, buf,
@@ -433,11 +438,15 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
     cap->hidden_norm.assign(m.h0, m.h0 + N * D);
     cap->logits.resize(N * V);
   }
+  phase.reset();
+  phase.emplace(ctx.prof, Phase::head);
   r.ce_main = lm_head_cross_entropy<T>(backward ? m.dh0 : nullptr, backward ? g + m.head : nullptr,
                                        cap ? cap->logits.data() : nullptr, nullptr, m.h0, w + m.head,
                                        m.wb.main.targets.data(), N, D, V, 1.0 / sc.n_main, ctx);
 
   // ---- forward: MTP modules (DESIGN 1.7) ----
+  phase.reset();
+  phase.emplace(ctx.prof, Phase::mtp);
   for (int64_t k = 1; k <= (sc.with_mtp || backward ? depth : 0); ++k) {
     MtpActs<T>& a = m.mtp[k - 1];
     const auto& mp = m.mtp_p[k - 1];
@@ -505,6 +514,8 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
   }
 
   // ---- backward: main model ----
+  phase.reset();
+  phase.emplace(ctx.prof, Phase::norms);
   const size_t mark = s.mark();
   T* dres = s.alloc<T>(N * D);
   rmsnorm_backward<T>(dres, D, g + m.final_norm, m.dh0, D, m.res[L], D, w + m.final_norm,

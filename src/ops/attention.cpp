@@ -1,4 +1,5 @@
 #include "ops/attention.h"
+#include "ops/vmath.h"
 
 #include <omp.h>
 
@@ -85,8 +86,9 @@ void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, const i
         T m = -std::numeric_limits<T>::infinity();
         for (int64_t j = 0; j < n_valid; ++j) m = std::max(m, row[j]);
         T l = 0;
+#pragma omp simd reduction(+ : l)
         for (int64_t j = 0; j < n_valid; ++j) {
-          row[j] = std::exp(row[j] - m);
+          row[j] = exp_fast(row[j] - m);
           l += row[j];
         }
         T inv = T(1) / l;
@@ -137,7 +139,8 @@ void attention_backward(T* dq, T* dk, T* dv_out, const T* d_o, const T* o, const
         T* row = P + r * nk;
         const int64_t n_valid = i0 + r + 1;
         const T l = lb[i0 + r];
-        for (int64_t j = 0; j < n_valid; ++j) row[j] = std::exp(row[j] - l);
+#pragma omp simd
+        for (int64_t j = 0; j < n_valid; ++j) row[j] = exp_fast(row[j] - l);
         for (int64_t j = n_valid; j < nk; ++j) row[j] = 0;
       }
       // dV += P^T dO ;  dP = dO V^T

@@ -1,4 +1,5 @@
 #include "ops/cross_entropy.h"
+#include "ops/vmath.h"
 
 #include <algorithm>
 #include <cmath>
@@ -42,7 +43,8 @@ double lm_head_cross_entropy(T* dh, T* dW, T* logits_out, int32_t* argmax_out, c
         if (row[j] > m) m = row[j], best = j;  // strict >: ties go to the lower id
       if (argmax_out) argmax_out[n0 + r] = static_cast<int32_t>(best);
       T l = 0;
-      for (int64_t j = 0; j < V; ++j) l += std::exp(row[j] - m);
+#pragma omp simd reduction(+ : l)
+      for (int64_t j = 0; j < V; ++j) l += exp_fast(row[j] - m);
       const T lse = m + std::log(l);
       row_loss[r] = tgt >= 0 ? static_cast<double>(lse - row[tgt]) : 0.0;
       if (!backward) continue;
@@ -51,7 +53,8 @@ double lm_head_cross_entropy(T* dh, T* dW, T* logits_out, int32_t* argmax_out, c
         continue;
       }
       const T s = T(scale);
-      for (int64_t j = 0; j < V; ++j) row[j] = s * std::exp(row[j] - lse);
+#pragma omp simd
+      for (int64_t j = 0; j < V; ++j) row[j] = s * exp_fast(row[j] - lse);
       row[tgt] -= s;
     }
     for (int64_t r = 0; r < nc; ++r) total += row_loss[r];

@@ -1,4 +1,5 @@
 #include "ops/router.h"
+#include "ops/vmath.h"
 
 #include <algorithm>
 #include <cmath>
@@ -17,10 +18,11 @@ void router_scores_forward(T* s, const T* z, int64_t N, int64_t E, ScoreFunc fun
     const T* zr = z + n * E;
     T* sr = s + n * E;
     if (func == ScoreFunc::sigmoid) {
-      for (int64_t e = 0; e < E; ++e) sr[e] = T(1) / (T(1) + std::exp(-zr[e]));
+#pragma omp simd
+      for (int64_t e = 0; e < E; ++e) sr[e] = T(1) / (T(1) + exp_fast(-zr[e]));
     } else {
       T m = *std::max_element(zr, zr + E), l = 0;
-      for (int64_t e = 0; e < E; ++e) l += (sr[e] = std::exp(zr[e] - m));
+      for (int64_t e = 0; e < E; ++e) l += (sr[e] = exp_fast(zr[e] - m));
       for (int64_t e = 0; e < E; ++e) sr[e] /= l;
     }
   }

@@ -1,4 +1,5 @@
 #include "ops/swiglu.h"
+#include "ops/vmath.h"
 
 #include <cmath>
 
@@ -11,7 +12,8 @@ void swiglu_forward(T* h, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
     const T* g = gu + n * 2 * F;
     const T* u = g + F;
     T* hr = h + n * F;
-    for (int64_t f = 0; f < F; ++f) hr[f] = g[f] / (T(1) + std::exp(-g[f])) * u[f];
+#pragma omp simd
+    for (int64_t f = 0; f < F; ++f) hr[f] = g[f] / (T(1) + exp_fast(-g[f])) * u[f];
   }
 }
 
@@ -24,8 +26,9 @@ void swiglu_backward(T* dgu, const T* dh, const T* gu, int64_t N, int64_t F, con
     const T* dhr = dh + n * F;
     T* dg = dgu + n * 2 * F;
     T* du = dg + F;
+#pragma omp simd
     for (int64_t f = 0; f < F; ++f) {
-      T sig = T(1) / (T(1) + std::exp(-g[f]));
+      T sig = T(1) / (T(1) + exp_fast(-g[f]));
       T silu = g[f] * sig;
       dg[f] = dhr[f] * u[f] * sig * (T(1) + g[f] * (T(1) - sig));
       du[f] = dhr[f] * silu;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "ops/optim.h"
 
@@ -108,7 +109,10 @@ StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfi
       a.margin_min = std::min(a.margin_min, b.margin_min);
     }
   }
-  if (g.world) reduce_stats(out, ce_main, *g.world);
+  if (g.world) {
+    PhaseTimer timer(ctx.prof, Phase::communication);
+    reduce_stats(out, ce_main, *g.world);
+  }
 
   // losses (DESIGN 1.8): every term divided by its global count
   out.loss = sc.n_main > 0 ? ce_main / sc.n_main : 0.0;
@@ -133,6 +137,9 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   const size_t n_moe = model.moe_layers().size();
   T* grad = ps.g.data();
   const int64_t n_dense = opt.zero ? 0 : opt.dense_end;  // replicated region size without ZeRO
+  PhaseTimer timer(ctx.prof, Phase::optimizer);
+  std::optional<PhaseTimer> comm;
+  comm.emplace(ctx.prof, Phase::communication);
   const DType dt = dtype_of<T>();
 
   // gradient reductions (plain sums, DESIGN 1.8) and the squared norm, every element once
@@ -174,6 +181,7 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
     if (g.world && g.world->size() > 1) g.world->all_reduce(&part, 1, DType::f64, ReduceOp::sum);
     ss = part;
   }
+  comm.reset();
   out.grad_norm = std::sqrt(ss);
 
   // non-finite: decided on the global norm, so every rank agrees (DESIGN 2)
@@ -188,6 +196,7 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   ++adam_step;
   adamw_step<T>(ps, opt, tc, out.lr, adam_step, ctx);
   if (opt.zero) {  // every rank gets the updated weights of every shard
+    PhaseTimer gather(ctx.prof, Phase::communication);
     const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
     if (g.world && g.world->size() > 1) {
       std::vector<T> mine(ps.w.data() + opt.dense_begin, ps.w.data() + opt.dense_end);

@@ -17,6 +17,7 @@
 #include "parallel/groups.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/engine.h"
 #include "train/evaluate.h"
 #include "train/metrics.h"
 #include "train/run_config.h"
@@ -96,10 +97,7 @@ int run_training(const TrainOptions& opt) {
   const std::string ckpt_root = out + "/checkpoints";
   const TrainConfig& tc = rc.train;
   const int ep = int(rc.parallel.ep);
-  UM_CHECK(W % ep == 0, "config", "parallel.ep=", ep, " must divide the number of ranks, ", W);
-  if (tc.imbalance_devices > 0)
-    UM_CHECK(rc.model.n_routed_experts % tc.imbalance_devices == 0, "config", "train.imbalance_devices=",
-             tc.imbalance_devices, " does not divide n_routed_experts=", rc.model.n_routed_experts);
+  check_layout(rc, W);
 
   // --resume / fresh start rules (DESIGN 8)
   const std::string latest = latest_checkpoint(ckpt_root);
@@ -123,23 +121,15 @@ int run_training(const TrainOptions& opt) {
   EvalWindows val_windows(data.val(), T_);
 
   // the layout: EP groups, expert-data-parallel groups, balance pools (DESIGN 4, 1.6)
-  ParallelLayout layout(*world, ep, int(rc.parallel.ranks_per_node));
-  const StepGroups groups = W > 1 ? layout.groups() : StepGroups{};
-  MoeComms mc;
-  if (ep > 1) mc.ep = layout.ep.get();
-  mc.intra = layout.ep_intra.get();
-  mc.inter = layout.ep_inter.get();
-  if (tc.balance_scope == BalanceScope::ep_group && ep > 1) mc.pool = layout.ep.get();
-  if (tc.balance_scope == BalanceScope::global && W > 1) mc.pool = world;
+  Engine engine(rc, *world);
   const bool zero = rc.parallel.zero == 1;
-  const ParamTable table = build_param_table(rc.model, rank % ep, ep, zero ? int64_t(W) * 16 : 1);
-  const Optimizer optim = zero ? Optimizer::zero_shard(table, tc.weight_decay_norms, rank, W, layout.edp->rank(), W / ep)
-                               : Optimizer::full(table, tc.weight_decay_norms);
-
+  const StepGroups& groups = engine.groups;
+  const ParamTable& table = engine.table;
+  const Optimizer& optim = engine.optim;
+  ParamStore<float>& ps = engine.ps;
+  Model<float>& model = *engine.model;
   Workspace ws;
   Ctx ctx = Ctx::cpu(&ws);
-  ParamStore<float> ps(table, optim.moment_elements());
-  Model<float> model(rc.model, table, {m, T_, tc.balance_scope, tc.capacity_factor, tc.aux_free, mc});
   SpikeDetector spikes(tc.spike_window, tc.grad_spike_factor, tc.loss_spike_factor);
   TrainerState state;
   int64_t skipped_steps = 0;
@@ -176,7 +166,7 @@ int run_training(const TrainOptions& opt) {
     std::printf("model: %.2fM parameters (%.2fM active per token), %.1f MiB of activations per rank\n",
                 counts.total / 1e6, counts.active / 1e6, model.activation_bytes() / 1048576.0);
     std::printf("layout: %d rank%s x %d threads, ep %d%s%s, micro-batch %lld x %lld micro-steps\n", W, W > 1 ? "s" : "",
-                ctx.n_threads, ep, zero ? ", ZeRO-1" : "", layout.hierarchical() ? ", hierarchical dispatch" : "",
+                ctx.n_threads, ep, zero ? ", ZeRO-1" : "", engine.layout.hierarchical() ? ", hierarchical dispatch" : "",
                 (long long)m, (long long)(n_local / m));
     std::printf("data: %s — %lld train tokens (%lld windows of %lld), %lld validation tokens\n",
                 rc.data.path.c_str(), (long long)data.train().size(), (long long)train_windows.n_windows(),

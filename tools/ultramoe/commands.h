@@ -19,6 +19,7 @@ struct Command {
 // True when args ask for help; prints `usage` then.
 bool wants_help(const Args& args, const char* usage);
 
+int cmd_bench(const Args& args);
 int cmd_data(const Args& args);
 int cmd_eval(const Args& args);
 int cmd_inspect(const Args& args);

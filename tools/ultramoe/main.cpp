@@ -10,6 +10,7 @@
 namespace um::cli {
 
 static const Command kCommands[] = {
+    {"bench", "time training steps: tokens/s, MFU, memory, step time by phase", cmd_bench},
     {"data", "prepare text into a tokenizer and token shards", cmd_data},
     {"eval", "validation loss and perplexity of a checkpoint", cmd_eval},
     {"inspect", "print a model's configuration and parameter counts", cmd_inspect},
