@@ -6,9 +6,9 @@ namespace um {
 
 namespace {
 
-// Number of EOS among x[a..b] inclusive, via a prefix count.
+// Number of EOS among x[a..b] inclusive, via a prefix count kept in caller-owned storage.
 struct EosPrefix {
-  std::vector<int32_t> c;  // c[i] = EOS count in x[0..i)
+  std::vector<int32_t>& c;  // c[i] = EOS count in x[0..i)
   void build(const int32_t* x, int64_t n) {
     c.resize(n + 1);
     c[0] = 0;
@@ -40,7 +40,7 @@ void build_window_batch(WindowBatch& out, const int32_t* windows, int64_t B, int
   out.mtp.resize(mtp_depth);
   for (int64_t k = 1; k <= mtp_depth; ++k) resize(out.mtp[k - 1], B, std::max<int64_t>(T - k, 0));
 
-  EosPrefix eos;
+  EosPrefix eos{out.eos_prefix};
   for (int64_t b = 0; b < B; ++b) {
     const int32_t* x = windows + b * (T + 1);
     eos.build(x, T + 1);
@@ -78,8 +78,16 @@ void build_window_batch(WindowBatch& out, const int32_t* windows, int64_t B, int
 
 std::vector<int64_t> count_valid_targets(const int32_t* windows, int64_t B, int64_t T,
                                          int64_t mtp_depth) {
-  std::vector<int64_t> n(mtp_depth + 1, 0);
-  EosPrefix eos;
+  std::vector<int64_t> n;
+  std::vector<int32_t> storage;
+  count_valid_targets(n, storage, windows, B, T, mtp_depth);
+  return n;
+}
+
+void count_valid_targets(std::vector<int64_t>& n, std::vector<int32_t>& storage,
+                         const int32_t* windows, int64_t B, int64_t T, int64_t mtp_depth) {
+  n.assign(mtp_depth + 1, 0);
+  EosPrefix eos{storage};
   for (int64_t b = 0; b < B; ++b) {
     const int32_t* x = windows + b * (T + 1);
     eos.build(x, T + 1);
@@ -87,7 +95,6 @@ std::vector<int64_t> count_valid_targets(const int32_t* windows, int64_t B, int6
     for (int64_t k = 1; k <= mtp_depth; ++k)
       for (int64_t i = 0; i < T - k; ++i) n[k] += eos.in(i, i + k) == 0 && x[i + k + 1] != kPadId;
   }
-  return n;
 }
 
 }  // namespace um

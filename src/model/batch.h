@@ -29,6 +29,7 @@ struct SeqRows {                   // one stream of B sequences of T_rows tokens
 struct WindowBatch {
   SeqRows main;              // T rows per sequence
   std::vector<SeqRows> mtp;  // depth k = 1..D: T-k rows per sequence
+  std::vector<int32_t> eos_prefix;  // scratch: EOS counts of one window's prefixes
 };
 
 // Fills `out` from windows (B, T+1); vectors are resized, so reusing `out` does not allocate
@@ -36,7 +37,10 @@ struct WindowBatch {
 void build_window_batch(WindowBatch& out, const int32_t* windows, int64_t B, int64_t T,
                         int64_t mtp_depth, int64_t vocab_size);
 
-// Valid target counts of a batch, without building it: (main, per MTP depth).
+// Valid target counts of a batch, without building it: (main, per MTP depth). The first form
+// writes into `counts` using `eos` as scratch (no allocation once they have grown).
+void count_valid_targets(std::vector<int64_t>& counts, std::vector<int32_t>& eos,
+                         const int32_t* windows, int64_t B, int64_t T, int64_t mtp_depth);
 std::vector<int64_t> count_valid_targets(const int32_t* windows, int64_t B, int64_t T,
                                          int64_t mtp_depth);
 

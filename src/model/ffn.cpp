@@ -136,21 +136,32 @@ int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t K, int64
 namespace {
 
 // Capacity mode (DESIGN 1.5): per expert keep the C pairs with the highest unbiased score,
-// ties to the lower token index; the rest are dropped.
+// ties to the lower token index; the rest are dropped. Pairs are bucketed by expert (counting
+// sort), then each bucket is ordered by (score desc, pair index asc) in place.
 template <class T>
 int64_t capacity_keep(uint8_t* keep, const int32_t* idx, const T* s, int64_t N, int64_t K,
-                      int64_t E, int64_t C) {
-  std::vector<std::vector<int64_t>> cand(E);
-  for (int64_t p = 0; p < N * K; ++p) cand[idx[p]].push_back(p);
+                      int64_t E, int64_t C, Arena& scratch) {
+  const size_t mark = scratch.mark();
+  int64_t* start = scratch.alloc<int64_t>(E + 1);
+  int64_t* order = scratch.alloc<int64_t>(N * K);
+  std::fill(start, start + E + 1, 0);
+  for (int64_t p = 0; p < N * K; ++p) ++start[idx[p] + 1];
+  for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
+  for (int64_t p = 0; p < N * K; ++p) order[start[idx[p]]++] = p;
+  for (int64_t e = E; e > 0; --e) start[e] = start[e - 1];
+  start[0] = 0;
   int64_t dropped = 0;
   for (int64_t e = 0; e < E; ++e) {
-    auto& v = cand[e];
-    std::stable_sort(v.begin(), v.end(), [&](int64_t a, int64_t b) {
-      return s[(a / K) * E + e] > s[(b / K) * E + e];  // stable: equal scores keep token order
+    int64_t* b = order + start[e];
+    const int64_t n = start[e + 1] - start[e];
+    std::sort(b, b + n, [&](int64_t x, int64_t y) {
+      const T sx = s[(x / K) * E + e], sy = s[(y / K) * E + e];
+      return sx > sy || (sx == sy && x < y);
     });
-    for (size_t r = 0; r < v.size(); ++r) keep[v[r]] = r < static_cast<size_t>(C);
-    dropped += std::max<int64_t>(0, static_cast<int64_t>(v.size()) - C);
+    for (int64_t r = 0; r < n; ++r) keep[b[r]] = r < C;
+    dropped += std::max<int64_t>(0, n - C);
   }
+  scratch.release(mark);
   return dropped;
 }
 
@@ -401,7 +412,7 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
     PhaseTimer timer(ctx.prof, Phase::dispatch);
     if (o.capacity_factor > 0) {
       st.dropped = capacity_keep(a.keep, a.idx, a.s, N, K, E,
-                                 expert_capacity(o.capacity_factor, N, K, E));
+                                 expert_capacity(o.capacity_factor, N, K, E), scratch);
       keep = a.keep;
     }
     a.rows = routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, keep, N, int(K), E);

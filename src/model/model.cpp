@@ -380,7 +380,7 @@ size_t Model<T>::activation_bytes() const {
 }
 
 template <class T>
-MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
+const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
                                        const StepScales& sc, bool backward, const Ctx& ctx,
                                        Capture<T>* cap) {
   Impl& m = *impl_;
@@ -398,7 +398,8 @@ MicroResult Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows
   const RopeTables<T> rope{m.rope_cos.data(), m.rope_sin.data()};
   const int64_t N = B * T_;
 
-  MicroResult r;
+  MicroResult& r = result_;
+  r.ce_main = 0;
   r.ce_mtp.assign(depth, 0.0);
   r.moe.resize(moe_layers_.size());
   auto moe_options = [&](int64_t rows_per_seq) {

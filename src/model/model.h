@@ -80,8 +80,9 @@ class Model {
   Model& operator=(const Model&) = delete;
 
   // Runs one micro-batch of windows (B <= options().micro_batch sequences of seq_len + 1 ids).
-  // With backward, gradients accumulate into ps.g.
-  MicroResult forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
+  // With backward, gradients accumulate into ps.g. The result lives in the model until the next
+  // call (no allocation per call).
+  const MicroResult& forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
                                const StepScales& sc, bool backward, const Ctx& ctx,
                                Capture<T>* capture = nullptr);
 
@@ -101,6 +102,7 @@ class Model {
   ModelConfig cfg_;
   ModelOptions opt_;
   std::vector<int> moe_layers_;
+  MicroResult result_;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,10 +1,11 @@
 #include "ops/router.h"
 #include "ops/vmath.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "ops/reduce.h"
 
@@ -81,10 +82,19 @@ void router_topk(int32_t* idx, T* margin, const T* s, const T* bias, int64_t N, 
                  const TopkSpec& spec, const Ctx& ctx) {
   const int k = spec.k, G = spec.n_group;
   const int per_group = static_cast<int>(E / std::max(G, 1));
-#pragma omp parallel num_threads(ctx.threads_for(N * E))
+  const int threads = ctx.threads_for(N * E);
+  // per-thread scratch from the workspace: biased (E), val (E), group_score (G); cand (E), pick
+  const int64_t nT = 2 * E + G, nI = E + std::max<int64_t>(E, G);
+  const int64_t per_thread = nT * int64_t(sizeof(T)) + nI * int64_t(sizeof(int32_t));
+  std::byte* base = ctx.scratch<std::byte>(size_t(per_thread * threads));
+#pragma omp parallel num_threads(threads)
   {
-    std::vector<T> biased(E), group_score(G), val(E);
-    std::vector<int32_t> cand(E), pick(std::max<int64_t>(E, G));
+    std::byte* mine = base + per_thread * omp_get_thread_num();
+    T* biased = reinterpret_cast<T*>(mine);
+    T* val = biased + E;
+    T* group_score = val + E;
+    int32_t* cand = reinterpret_cast<int32_t*>(mine + nT * int64_t(sizeof(T)));
+    int32_t* pick = cand + E;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const T* sr = s + n * E;
@@ -92,30 +102,29 @@ void router_topk(int32_t* idx, T* margin, const T* s, const T* bias, int64_t N, 
       int32_t* out = idx + n * k;
       T gap = std::numeric_limits<T>::infinity();
       if (spec.method == TopkMethod::greedy) {
-        gap = pick_top<T>(out, biased.data(), nullptr, static_cast<int>(E), k);
+        gap = pick_top<T>(out, biased, nullptr, static_cast<int>(E), k);
       } else if (spec.method == TopkMethod::group_limited) {
         const int top_in_group = std::min(2, per_group);
         for (int g = 0; g < G; ++g) {
-          const T* b = biased.data() + g * per_group;
+          const T* b = biased + g * per_group;
           group_score[g] = 0;
-          pick_top<T>(pick.data(), b, nullptr, per_group, top_in_group);
+          pick_top<T>(pick, b, nullptr, per_group, top_in_group);
           for (int j = 0; j < top_in_group; ++j) group_score[g] += b[pick[j]];
         }
-        gap = pick_top<T>(pick.data(), group_score.data(), nullptr, G, spec.topk_group);
-        std::sort(pick.begin(), pick.begin() + spec.topk_group);  // candidates in expert order
+        gap = pick_top<T>(pick, group_score, nullptr, G, spec.topk_group);
+        std::sort(pick, pick + spec.topk_group);  // candidates in expert order
         int n_cand = 0;
         for (int j = 0; j < spec.topk_group; ++j)
           for (int e = pick[j] * per_group; e < (pick[j] + 1) * per_group; ++e) {
             cand[n_cand] = e;
             val[n_cand++] = biased[e];
           }
-        gap = std::min(gap, pick_top<T>(out, val.data(), cand.data(), n_cand, k));
+        gap = std::min(gap, pick_top<T>(out, val, cand, n_cand, k));
       } else {  // moge
         const int k_per = k / G;
         for (int g = 0; g < G; ++g) {
           for (int j = 0; j < per_group; ++j) cand[j] = g * per_group + j;
-          gap = std::min(gap, pick_top<T>(out + g * k_per, biased.data() + g * per_group,
-                                          cand.data(), per_group, k_per));
+          gap = std::min(gap, pick_top<T>(out + g * k_per, biased + g * per_group, cand, per_group, k_per));
         }
       }
       if (margin) margin[n] = gap;

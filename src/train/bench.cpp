@@ -77,6 +77,11 @@ int run_bench(const BenchOptions& opt) {
     for (int64_t s = 1; s <= n_steps; ++s) tw.fill(s, B, 0, B, all.data() + (s - 1) * B * (T + 1));
   }
   std::vector<int32_t> local(n_local * (T + 1));
+  if (!opt.save_windows.empty() && root) {
+    std::FILE* f = std::fopen(opt.save_windows.c_str(), "wb");
+    UM_CHECK(f && std::fwrite(all.data(), sizeof(int32_t), all.size(), f) == all.size() && std::fclose(f) == 0,
+             "bench", "cannot write ", opt.save_windows);
+  }
 
   const double sgemm = measure_sgemm_gflops();
   const FlopsPerToken fl = flops_per_token(rc.model, T);
@@ -84,6 +89,7 @@ int run_bench(const BenchOptions& opt) {
   std::vector<double> step_s;
   std::array<double, size_t(Phase::count)> phase{};
   int64_t adam_step = 0, allocations = 0;
+  StepOutcome outcome;
   double comm_s = 0;
   auto comm_busy = [&] {
     double s = world.busy_seconds();
@@ -100,7 +106,7 @@ int run_bench(const BenchOptions& opt) {
     const double c0 = comm_busy();
     const auto t0 = clock::now();
     prof.start();
-    train_step(*e.model, e.ps, e.optim, tc, s, adam_step, local.data(), e.groups, ctx);
+    train_step(outcome, *e.model, e.ps, e.optim, tc, s, adam_step, local.data(), e.groups, ctx);
     prof.stop();
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     if (!timed) continue;

@@ -17,6 +17,7 @@ struct BenchOptions {
   std::string data_dir;  // empty: synthetic windows
   int64_t steps = 5, warmup = 2;
   bool json = false;
+  std::string save_windows;  // write the windows used, (steps, B, T+1) int32, for the PyTorch peer
 };
 
 int run_bench(const BenchOptions& opt);

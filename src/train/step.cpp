@@ -21,25 +21,36 @@ double pools_per_step(const TrainConfig& tc, int64_t world, int64_t ep) {
 
 StepScales step_scales(const ModelConfig& c, const TrainConfig& tc, const int32_t* windows,
                        int64_t n_local, int64_t T, int64_t step, const StepGroups& g) {
-  const int64_t depth = c.num_nextn_predict_layers;
-  std::vector<int64_t> n = count_valid_targets(windows, n_local, T, depth);
-  if (g.world) g.world->sum(n);  // DESIGN 1.8: all-reduced once per step
   StepScales sc;
+  std::vector<int64_t> counts;
+  std::vector<int32_t> eos;
+  step_scales(sc, c, tc, windows, n_local, T, step, g, counts, eos);
+  return sc;
+}
+
+void step_scales(StepScales& sc, const ModelConfig& c, const TrainConfig& tc, const int32_t* windows,
+                 int64_t n_local, int64_t T, int64_t step, const StepGroups& g,
+                 std::vector<int64_t>& n, std::vector<int32_t>& eos) {
+  const int64_t depth = c.num_nextn_predict_layers;
+  count_valid_targets(n, eos, windows, n_local, T, depth);
+  if (g.world) g.world->sum(n);  // DESIGN 1.8: all-reduced once per step
   sc.n_main = double(n[0]);
-  for (int64_t k = 1; k <= depth; ++k) sc.n_mtp.push_back(double(n[k]));
+  sc.n_mtp.resize(depth);
+  for (int64_t k = 1; k <= depth; ++k) sc.n_mtp[k - 1] = double(n[k]);
   sc.mtp_lambda = depth > 0 ? tc.mtp_lambda.at(step) : 0.0;
   sc.balance_alpha = tc.balance_alpha;
   sc.n_pools = pools_per_step(tc, g.world_size(), g.ep_size());
   sc.z_coef = tc.z_loss_coef;
   sc.n_sequences = tc.batch_size;
-  return sc;
+  sc.on_grads_ready = nullptr;
 }
 
 namespace {
 
 // Sums the step's statistics over the world: losses, per-layer loads and sums (one all-reduce).
 void reduce_stats(StepOutcome& out, double& ce_main, Comm& world) {
-  std::vector<double> v = {ce_main};
+  std::vector<double>& v = out.scratch.stats;
+  v.assign(1, ce_main);
   for (double x : out.mtp_ce) v.push_back(x);
   for (const MoeStats& s : out.moe) {
     v.insert(v.end(), {double(s.tokens), double(s.dropped), s.balance, s.z_sum, s.entropy_sum});
@@ -57,10 +68,10 @@ void reduce_stats(StepOutcome& out, double& ce_main, Comm& world) {
     s.entropy_sum = v[at++];
     for (int64_t& l : s.load) l = int64_t(v[at++]);
   }
-  std::vector<double> margins;
-  for (const MoeStats& s : out.moe) margins.push_back(s.margin_min);
-  world.all_reduce(margins.data(), int64_t(margins.size()), DType::f64, ReduceOp::min);
-  for (size_t i = 0; i < margins.size(); ++i) out.moe[i].margin_min = margins[i];
+  v.clear();
+  for (const MoeStats& s : out.moe) v.push_back(s.margin_min);
+  world.all_reduce(v.data(), int64_t(v.size()), DType::f64, ReduceOp::min);
+  for (size_t i = 0; i < v.size(); ++i) out.moe[i].margin_min = v[i];
 }
 
 }  // namespace
@@ -69,32 +80,47 @@ template <class T>
 StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
                             int64_t step, const int32_t* windows, const StepGroups& g,
                             const Ctx& ctx, const Optimizer* opt) {
+  StepOutcome out;
+  accumulate_step<T>(out, model, ps, tc, step, windows, g, ctx, opt);
+  return out;
+}
+
+template <class T>
+void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
+                     int64_t step, const int32_t* windows, const StepGroups& g, const Ctx& ctx,
+                     const Optimizer* opt) {
   const ModelConfig& c = model.config();
   const int64_t W = g.world_size(), m = tc.micro_batch_size, T_ = model.options().seq_len;
   const int64_t n_local = tc.batch_size / W, depth = c.num_nextn_predict_layers;
-  StepScales sc = step_scales(c, tc, windows, n_local, T_, step, g);
+  StepScales& sc = out.scratch.scales;
+  step_scales(sc, c, tc, windows, n_local, T_, step, g, out.scratch.counts, out.scratch.eos);
 
-  StepOutcome out;
   out.step = step;
   out.lr = learning_rate(tc, step);
+  out.loss = out.loss_mtp = out.loss_bal = out.loss_z = out.loss_total = out.grad_norm = 0;
+  out.clipped = out.skipped = false;
   out.n_main = int64_t(sc.n_main);
-  for (double n : sc.n_mtp) out.n_mtp.push_back(int64_t(n));
+  out.n_mtp.resize(depth);
+  for (int64_t k = 0; k < depth; ++k) out.n_mtp[k] = int64_t(sc.n_mtp[k]);
   out.mtp_ce.assign(depth, 0.0);
   const size_t n_moe = model.moe_layers().size();
   out.moe.resize(n_moe);
   for (auto& s : out.moe) s.reset(c.n_routed_experts);
+  out.balance.clear();
 
   ps.zero_grad();
   double ce_main = 0;
   const bool overlap = opt && !opt->zero && g.world && g.world->size() > 1;
-  if (overlap) out.pending = std::make_shared<std::vector<Request>>();
+  out.pending.clear();
+  out.pending_elements = 0;
+  out.reduce_started = overlap;
   for (int64_t first = 0; first < n_local; first += m) {
     if (overlap && first + m >= n_local)  // the last micro-batch: its finished ranges are final
       sc.on_grads_ready = [&](int64_t b, int64_t e) {
-        out.pending->push_back(g.world->iall_reduce(ps.g.data() + b, e - b, dtype_of<T>(), ReduceOp::sum));
+        out.pending.push_back(g.world->iall_reduce(ps.g.data() + b, e - b, dtype_of<T>(), ReduceOp::sum));
         out.pending_elements += e - b;
       };
-    MicroResult r = model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx);
+    const MicroResult& r = model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx);
     ce_main += r.ce_main;
     for (int64_t k = 0; k < depth; ++k) out.mtp_ce[k] += r.ce_mtp[k];
     for (size_t l = 0; l < n_moe; ++l) {
@@ -127,7 +153,7 @@ StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfi
     out.loss_z += sc.z_coef * out.moe[l].z_sum / double(tc.batch_size * rows_per_seq);
   }
   out.loss_total = out.loss + out.loss_mtp + out.loss_bal + out.loss_z;
-  return out;
+  sc.on_grads_ready = nullptr;
 }
 
 template <class T>
@@ -145,21 +171,22 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   // gradient reductions (plain sums, DESIGN 1.8) and the squared norm, every element once
   double ss = 0;
   if (!opt.zero) {
-    if (out.pending) {  // started during the backward; every replicated tensor exactly once
-      for (Request& r : *out.pending) r.wait();
+    if (out.reduce_started) {  // started during the backward; every replicated tensor exactly once
+      for (Request& r : out.pending) r.wait();
       int64_t params = 0;
       for (const DecayRun& r : opt.runs)
         if (r.begin < n_dense) params += std::min(r.end, n_dense) - r.begin;
       UM_CHECK(out.pending_elements == params, "step", "the backward reported ", out.pending_elements,
                " replicated gradient elements, the table has ", params);
-      out.pending.reset();
+      out.pending.clear();
+      out.reduce_started = false;
     } else if (g.world && g.world->size() > 1) {
       g.world->all_reduce(grad, n_dense, dt, ReduceOp::sum);
     }
     if (g.edp && g.edp->size() > 1)
       g.edp->all_reduce(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, dt, ReduceOp::sum);
-    std::vector<double> parts = {sum_squares<T>(grad, n_dense, ctx),
-                                 sum_squares<T>(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, ctx)};
+    double parts[2] = {sum_squares<T>(grad, n_dense, ctx),
+                       sum_squares<T>(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, ctx)};
     if (g.ep && g.ep->size() > 1) g.ep->all_reduce(&parts[1], 1, DType::f64, ReduceOp::sum);  // each expert once
     ss = parts[0] + parts[1];
   } else {
@@ -215,11 +242,19 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
 }
 
 template <class T>
+void train_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
+                const TrainConfig& tc, int64_t step, int64_t& adam_step, const int32_t* windows,
+                const StepGroups& g, const Ctx& ctx) {
+  accumulate_step<T>(out, model, ps, tc, step, windows, g, ctx, &opt);
+  apply_update<T>(out, model, ps, opt, tc, adam_step, g, ctx);
+}
+
+template <class T>
 StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                        const TrainConfig& tc, int64_t step, int64_t& adam_step,
                        const int32_t* windows, const StepGroups& g, const Ctx& ctx) {
-  StepOutcome out = accumulate_step<T>(model, ps, tc, step, windows, g, ctx, &opt);
-  apply_update<T>(out, model, ps, opt, tc, adam_step, g, ctx);
+  StepOutcome out;
+  train_step<T>(out, model, ps, opt, tc, step, adam_step, windows, g, ctx);
   return out;
 }
 
@@ -227,6 +262,12 @@ StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
   template StepOutcome accumulate_step<T>(Model<T>&, ParamStore<T>&, const TrainConfig&, int64_t, \
                                           const int32_t*, const StepGroups&, const Ctx&,         \
                                           const Optimizer*);                                     \
+  template void accumulate_step<T>(StepOutcome&, Model<T>&, ParamStore<T>&, const TrainConfig&,   \
+                                   int64_t, const int32_t*, const StepGroups&, const Ctx&,       \
+                                   const Optimizer*);                                            \
+  template void train_step<T>(StepOutcome&, Model<T>&, ParamStore<T>&, const Optimizer&,          \
+                              const TrainConfig&, int64_t, int64_t&, const int32_t*,             \
+                              const StepGroups&, const Ctx&);                                    \
   template void apply_update<T>(StepOutcome&, Model<T>&, ParamStore<T>&, const Optimizer&,        \
                                 const TrainConfig&, int64_t&, const StepGroups&, const Ctx&);    \
   template StepOutcome train_step<T>(Model<T>&, ParamStore<T>&, const Optimizer&, const TrainConfig&, \

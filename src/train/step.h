@@ -7,7 +7,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "model/model.h"
@@ -34,15 +33,26 @@ struct StepOutcome {
   int64_t n_main = 0;
   std::vector<int64_t> n_mtp;
   // dense-gradient all-reduces started during the last micro-batch's backward (DESIGN 4)
-  std::shared_ptr<std::vector<Request>> pending;
+  std::vector<Request> pending;
   int64_t pending_elements = 0;
+  bool reduce_started = false;
+  // reused from step to step so the steady state does not allocate
+  struct Scratch {
+    StepScales scales;
+    std::vector<int64_t> counts;
+    std::vector<int32_t> eos;
+    std::vector<double> stats;
+  } scratch;
 };
 
 // Balance pools in a step of B global sequences (DESIGN 1.6).
 double pools_per_step(const TrainConfig& tc, int64_t world, int64_t ep);
 
 // Scales of a step: the target counts of this rank's windows (n_local sequences), summed over
-// the world, and the step's loss coefficients.
+// the world, and the step's loss coefficients. `counts`/`eos` are reused storage.
+void step_scales(StepScales& sc, const ModelConfig& c, const TrainConfig& tc, const int32_t* windows,
+                 int64_t n_local, int64_t T, int64_t step, const StepGroups& g,
+                 std::vector<int64_t>& counts, std::vector<int32_t>& eos);
 StepScales step_scales(const ModelConfig& c, const TrainConfig& tc, const int32_t* windows,
                        int64_t n_local, int64_t T, int64_t step, const StepGroups& g);
 
@@ -54,6 +64,10 @@ StepScales step_scales(const ModelConfig& c, const TrainConfig& tc, const int32_
 // With an optimizer that does not shard (no ZeRO) and several ranks, the dense gradients of the
 // last micro-batch are all-reduced range by range as the backward finishes them.
 template <class T>
+void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
+                     int64_t step, const int32_t* windows, const StepGroups& g, const Ctx& ctx,
+                     const Optimizer* opt = nullptr);
+template <class T>
 StepOutcome accumulate_step(Model<T>& model, ParamStore<T>& ps, const TrainConfig& tc,
                             int64_t step, const int32_t* windows, const StepGroups& g,
                             const Ctx& ctx, const Optimizer* opt = nullptr);
@@ -64,7 +78,11 @@ template <class T>
 void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                   const TrainConfig& tc, int64_t& adam_step, const StepGroups& g, const Ctx& ctx);
 
-// accumulate_step then apply_update.
+// accumulate_step then apply_update, into `out` (reused: no allocation in the steady state).
+template <class T>
+void train_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
+                const TrainConfig& tc, int64_t step, int64_t& adam_step, const int32_t* windows,
+                const StepGroups& g, const Ctx& ctx);
 template <class T>
 StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                        const TrainConfig& tc, int64_t step, int64_t& adam_step,

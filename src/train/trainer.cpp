@@ -204,6 +204,7 @@ int run_training(const TrainOptions& opt) {
   };
 
   int64_t step = state.step;
+  StepOutcome o;  // reused from step to step
   while (step < tc.steps) {
     int64_t stop = g_stop_signal.load();  // every rank stops after the same step
     world->all_reduce(&stop, 1, DType::i64, ReduceOp::max);
@@ -227,7 +228,7 @@ int run_training(const TrainOptions& opt) {
       attn_canonical = sa.canonical_max_over_mean;
     }
     failpoint_throw("train.step");
-    StepOutcome o = train_step(model, ps, optim, tc, step, state.adam_step, local_batch.data(), groups, ctx);
+    train_step(o, model, ps, optim, tc, step, state.adam_step, local_batch.data(), groups, ctx);
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     const double tok_s = double(B * T_) / dt;
     tokens_seen += double(B * T_);

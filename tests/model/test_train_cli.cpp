@@ -88,6 +88,24 @@ TEST_F(TrainCli, LossFallsAndEvalSampleInspectWork) {
   EXPECT_EQ(ij["checkpoint"]["expert_load"].size(), 2u);  // one MoE main layer + the MTP layer
 }
 
+// The steady-state training step does not allocate (DESIGN 7; counted by the binary's operator
+// new), dropless or in capacity mode, and bench reports what it measured.
+TEST_F(TrainCli, SteadyStateStepDoesNotAllocate) {
+  for (const std::string extra : {"", " --set train.capacity_factor=1.25 --set train.z_loss_coef=0.01"}) {
+    CmdResult r = run_cmd(bin() + " bench --config " + tiny_config() + tiny_overrides() + extra +
+                              " --steps 2 --warmup 2 --json", dir_.path);
+    ASSERT_EQ(r.status, 0) << r.err;
+    json j = json::parse(r.out);
+    EXPECT_EQ(j["allocations_per_step"].get<double>(), 0.0) << extra;
+    EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
+    // the exclusive phases add up to the timed step (the step time also covers a clock read)
+    double phases = 0;
+    for (auto& [k, v] : j["phases_s_per_step"].items()) phases += v.get<double>();
+    const double mean_step = (j["step_s"][0].get<double>() + j["step_s"][1].get<double>()) / 2;
+    EXPECT_NEAR(phases, mean_step, 0.05 * mean_step + 1e-3);
+  }
+}
+
 TEST_F(TrainCli, ResumeIsBitIdentical) {
   const std::string a = dir_.path + "/a", b = dir_.path + "/b";
   const std::string common = " --set train.decay_steps=8 --set train.aux_free=true --set train.eval_every=0";

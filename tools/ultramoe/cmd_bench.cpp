@@ -16,12 +16,13 @@ static const char* kUsage =
     "  --steps N    timed steps (default 5; the median is reported)\n"
     "  --warmup W   untimed steps first (default 2)\n"
     "  --data DIR   use the first windows of a prepared data directory\n"
-    "  --json       one JSON object\n";
+    "  --json       one JSON object\n"
+    "  --save-windows FILE  write the windows used ((warmup+steps) x batch x (seq_len+1) int32)\n";
 
 int cmd_bench(const Args& args) {
   if (wants_help(args, kUsage)) return 0;
   CliArgs a("bench", args, {{"config", true}, {"steps", true}, {"warmup", true}, {"data", true}, {"json", false},
-                            {"set", true, true}});
+                            {"set", true, true}, {"save-windows", true}});
   UM_CHECK(a.positional().empty(), "bench", "unexpected argument '", a.positional()[0], "'");
   BenchOptions o;
   o.config_path = a.require("config");
@@ -30,6 +31,7 @@ int cmd_bench(const Args& args) {
   o.data_dir = a.get_or("data", "");
   o.json = a.has("json");
   o.overrides = a.all("set");
+  o.save_windows = a.get_or("save-windows", "");
   return run_bench(o);
 }
 

@@ -204,8 +204,14 @@ int one_layout(const CliArgs& a, const Inputs& in) {
   return 0;
 }
 
+size_t top_rows(const CliArgs& a, long long fallback) {
+  const long long top = a.get_int("top", fallback);
+  UM_CHECK(top >= 1, "plan", "--top must be >= 1, got ", top);
+  return static_cast<size_t>(top);
+}
+
 int search(const CliArgs& a, const Inputs& in) {
-  const size_t top = static_cast<size_t>(a.get_int("top", 5));
+  const size_t top = top_rows(a, 5);
   const SearchResult r = search_layouts(in.model, in.hw, in.w);
   UM_CHECK(r.evaluated > 0, "plan", "no parallel layout of ", in.w.devices, " devices is valid for ", in.model.name,
            " with global batch ", in.w.global_batch, " (check that --global-batch is a multiple of the data-parallel",
@@ -263,7 +269,7 @@ int geometry(const CliArgs& a, const Inputs& in) {
   const std::vector<GeometryCandidate> c = search_geometry(in.model, in.hw, in.w, grid, space);
   UM_CHECK(!c.empty(), "plan", "no geometry of the grid matches the budget of ", in.model.name, " within ",
            grid.tolerance * 100, "%");
-  const size_t top = static_cast<size_t>(a.get_int("top", 10));
+  const size_t top = top_rows(a, 10);
   if (a.has("json")) {
     json j = header_json(in);
     json list = json::array();
