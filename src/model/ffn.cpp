@@ -32,9 +32,9 @@ MlpParams MlpParams::resolve(const ParamTable& t, const std::string& pre, int64_
 }
 
 template <class T>
-void MlpActs<T>::alloc(Arena& a, int64_t N, int64_t F) {
-  gu = a.alloc<T>(N * 2 * F);
-  h = a.alloc<T>(N * F);
+void MlpActs<T>::alloc(Arena& a, int64_t N, int64_t F, const Recompute& rc, SharedSlots* slots) {
+  gu = keep_or_share<T>(a, slots, rc.experts, "mlp.gu", N * 2 * F);
+  h = keep_or_share<T>(a, slots, rc.experts, "mlp.h", N * F);
 }
 
 template <class T>
@@ -49,9 +49,14 @@ void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const T* w, c
 
 template <class T>
 void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x, const T* w,
-                  T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx) {
+                  T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx,
+                  const Recompute& rc) {
   const int64_t F = p.width;
   PhaseTimer timer(ctx.prof, Phase::shared);
+  if (rc.experts) {  // the forward's ops again: identical activations
+    linear_forward<T>(a.gu, 2 * F, x, D, w + p.gate_up, N, D, 2 * F, ctx);
+    swiglu_forward<T>(a.h, a.gu, N, F, ctx);
+  }
   const size_t mark = scratch.mark();
   T* dh = scratch.alloc<T>(N * F);
   T* dgu = scratch.alloc<T>(N * 2 * F);
@@ -87,7 +92,7 @@ void MoeStats::reset(int64_t E) {
 
 template <class T>
 void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size,
-                       int64_t n_nodes) {
+                       int64_t n_nodes, const Recompute& rc, SharedSlots* slots) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
                 F = c.moe_intermediate_size;
   ep = ep_size;
@@ -104,11 +109,11 @@ void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_po
   row_pair = a.alloc<int32_t>(N * K);
   pair_row = a.alloc<int32_t>(N * K);
   xp = a.alloc<T>(N * K * D);  // dropless worst case: every (token, expert) pair
-  gu = a.alloc<T>(expert_rows * 2 * F);
-  h = a.alloc<T>(expert_rows * F);
+  gu = keep_or_share<T>(a, slots, rc.experts, "moe.gu", expert_rows * 2 * F);
+  h = keep_or_share<T>(a, slots, rc.experts, "moe.h", expert_rows * F);
   yp = a.alloc<T>(N * K * D);
   fpool = a.alloc<T>(max_pools * E);
-  if (c.shared_width() > 0) shared.alloc(a, N, c.shared_width());
+  if (c.shared_width() > 0) shared.alloc(a, N, c.shared_width(), rc, slots);
   if (ep > 1) {
     xe = a.alloc<T>(max_recv * D);
     ye = a.alloc<T>(max_recv * D);
@@ -364,6 +369,10 @@ void hier_backward(T* dx_routed, T* dgate, const T* dy, MoeActs<T>& a, const T* 
   T* dgu = scratch.alloc<T>(rows * 2 * F);
   d.forward_async(intra, dyp, peer_rows).wait();
   gather_rows(d_exp, peer_rows, a.perm, rows, D, ctx);
+  if (o.recompute.experts) {  // the forward's ops again: identical activations
+    grouped_linear_forward<T>(a.gu, a.xe, D, w + p.experts, stride, a.local_offsets, El, D, 2 * F, ctx);
+    swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
+  }
   grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, d_exp, a.h, F, w + p.experts + 2 * F * D,
                              stride, a.local_offsets, El, F, D, ctx);
   swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
@@ -531,7 +540,7 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
   std::optional<PhaseTimer> phase;
   phase.emplace(ctx.prof, Phase::dispatch);
   if (a.ep > 1 && o.comms.inter) {
-    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx, o.recompute);
     hier_backward(dxp, dgate, dy, a, w, g, p, c, o, N, scratch, ctx);  // dxp: the routed dx (N, D)
     if (shared)
       for (int64_t i = 0; i < N * D; ++i) dx[i] += dxp[i];
@@ -541,6 +550,10 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
   combine_rows_backward<T>(dyp, dgate, dy, a.yp, a.gate, a.pair_row, N, int(K), D, ctx);
   auto experts = [&](const T* dout, T* din, const T* in, const int32_t* offsets) {
     PhaseTimer timer(ctx.prof, Phase::experts);
+    if (o.recompute.experts) {  // the forward's ops again: identical activations
+      grouped_linear_forward<T>(a.gu, in, D, w + p.experts, stride, offsets, El, D, 2 * F, ctx);
+      swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
+    }
     grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, dout, a.h, F, w + p.experts + 2 * F * D,
                                stride, offsets, El, F, D, ctx);
     swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
@@ -548,7 +561,7 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
                                2 * F, ctx);
   };
   if (a.ep == 1) {
-    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx, o.recompute);
     experts(dyp, dxp, a.xp, a.offsets);
   } else {
     Comm& ep = *o.comms.ep;
@@ -558,7 +571,7 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
     T* dx_exp = scratch.alloc<T>(rows * D);
     {
       Request sent = d.forward_async(ep, dyp, peer_rows);  // gradients travel like the tokens did
-      if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx);
+      if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx, o.recompute);
       PhaseTimer timer(ctx.prof, Phase::communication);
       sent.wait();
     }
@@ -617,7 +630,8 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* 
   template void mlp_forward<T>(T*, bool, MlpActs<T>&, const T*, const T*, const MlpParams&,      \
                                int64_t, int64_t, const Ctx&);                                    \
   template void mlp_backward<T>(T*, bool, const T*, const MlpActs<T>&, const T*, const T*, T*,   \
-                                const MlpParams&, int64_t, int64_t, Arena&, const Ctx&);         \
+                                const MlpParams&, int64_t, int64_t, Arena&, const Ctx&,          \
+                                const Recompute&);                                               \
   template void moe_forward<T>(T*, MoeActs<T>&, MoeStats&, const T*, const T*, const T*,         \
                                const MoeParams&, const ModelConfig&, const MoeOptions&, int64_t, \
                                Arena&, const Ctx&);                                              \

@@ -18,6 +18,7 @@
 #include "core/ctx.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "model/recompute.h"
 #include "ops/router.h"
 
 namespace um {
@@ -33,17 +34,18 @@ template <class T>
 struct MlpActs {
   T* gu = nullptr;  // (N, 2F)
   T* h = nullptr;   // (N, F)
-  void alloc(Arena& a, int64_t N, int64_t F);
+  void alloc(Arena& a, int64_t N, int64_t F, const Recompute& rc = {}, SharedSlots* slots = nullptr);
 };
 
 // y (N, D) = MLP(x), written or added.
 template <class T>
 void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const T* w, const MlpParams& p,
                  int64_t N, int64_t D, const Ctx& ctx);
-// dx (N, D) written or added from dy.
+// dx (N, D) written or added from dy. With rc.experts the activations are recomputed first.
 template <class T>
 void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x, const T* w,
-                  T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx);
+                  T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx,
+                  const Recompute& rc = {});
 
 struct MoeParams {
   int64_t router = -1, router_scale = -1;  // mlp.gate.weight (E, D), mlp.router_scale (E)
@@ -76,6 +78,7 @@ struct MoeOptions {
   double z_coef = 0;             // beta_z / (tokens this layer sees in the step); 0 = off
   MoeComms comms;
   int layer = -1;                // for error messages
+  Recompute recompute;           // experts: SwiGLU activations rebuilt in the backward
 };
 
 // Statistics of one MoE forward (one layer, one micro-batch).
@@ -130,7 +133,7 @@ struct MoeActs {
   int64_t& recv_rows_of(int64_t q) { return counts[2 * ep + q]; }
   int64_t& recv_off_of(int64_t q) { return counts[3 * ep + q]; }
   void alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_pools, int64_t ep_size,
-             int64_t n_nodes = 1);
+             int64_t n_nodes = 1, const Recompute& rc = {}, SharedSlots* slots = nullptr);
 };
 
 // y (N, D) = MoE(x), written. Dispatch temporaries come from `scratch`.

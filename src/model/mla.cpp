@@ -29,48 +29,52 @@ MlaParams MlaParams::resolve(const ParamTable& t, const std::string& pre) {
 }
 
 template <class T>
-void MlaActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_) {
+void MlaActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, const Recompute& rc,
+                       SharedSlots* slots) {
   const int64_t N = B * T_, H = c.num_attention_heads, dqk = c.qk_head_dim(),
                 dv = c.v_head_dim, kvw = c.kv_lora_rank + c.qk_rope_head_dim;
   if (c.q_lora_rank > 0) {
     cq_raw = a.alloc<T>(N * c.q_lora_rank);
-    cq = a.alloc<T>(N * c.q_lora_rank);
+    cq = keep_or_share<T>(a, slots, rc.norms, "mla.cq", N * c.q_lora_rank);
     rstd_q = a.alloc<T>(N);
   }
-  q = a.alloc<T>(N * H * dqk);
+  q = keep_or_share<T>(a, slots, rc.mla_up, "mla.q", N * H * dqk);
   kva = a.alloc<T>(N * kvw);
-  ckv = a.alloc<T>(N * c.kv_lora_rank);
+  ckv = keep_or_share<T>(a, slots, rc.norms, "mla.ckv", N * c.kv_lora_rank);
   rstd_kv = a.alloc<T>(N);
-  kv = a.alloc<T>(N * H * (c.qk_nope_head_dim + dv));
-  k = a.alloc<T>(N * H * dqk);
-  v = a.alloc<T>(N * H * dv);
+  kv = keep_or_share<T>(a, slots, rc.mla_up, "mla.kv", N * H * (c.qk_nope_head_dim + dv));
+  k = keep_or_share<T>(a, slots, rc.mla_up, "mla.k", N * H * dqk);
+  v = keep_or_share<T>(a, slots, rc.mla_up, "mla.v", N * H * dv);
   o = a.alloc<T>(N * H * dv);
   lse = a.alloc<T>(B * H * T_);
 }
 
+namespace {
+
+// The parts of the forward that recomputation replays. stage 0: the compressions and their norms
+// (cq_raw, kva from x), which are always kept; 1: the norms (cq, ckv); 2: the up-projections and
+// the per-head K, V.
 template <class T>
-void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams& p,
-                 const ModelConfig& c, const SeqView& seq, const RopeTables<T>& rope,
-                 const Ctx& ctx) {
-  PhaseTimer timer(ctx.prof, Phase::attention);
+void mla_project(MlaActs<T>& a, const T* x, const T* w, const MlaParams& p, const ModelConfig& c,
+                 const SeqView& seq, const RopeTables<T>& rope, const Ctx& ctx, bool compress,
+                 bool norms, bool up) {
   const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, dqk = nope + rd,
                 dv = c.v_head_dim, kvr = c.kv_lora_rank, kvw = kvr + rd, qr = c.q_lora_rank;
-
-  // queries
-  if (qr > 0) {
-    linear_forward<T>(a.cq_raw, qr, x, D, w + p.q_a, N, D, qr, ctx);
-    rmsnorm_forward<T>(a.cq, qr, a.rstd_q, a.cq_raw, qr, w + p.q_a_norm, N, qr, c.rms_norm_eps, ctx);
-    linear_forward<T>(a.q, H * dqk, a.cq, qr, w + p.q_b, N, qr, H * dqk, ctx);
-  } else {
-    linear_forward<T>(a.q, H * dqk, x, D, w + p.q, N, D, H * dqk, ctx);
+  if (compress) {
+    if (qr > 0) linear_forward<T>(a.cq_raw, qr, x, D, w + p.q_a, N, D, qr, ctx);
+    linear_forward<T>(a.kva, kvw, x, D, w + p.kv_a, N, D, kvw, ctx);
   }
+  if (norms) {
+    if (qr > 0)
+      rmsnorm_forward<T>(a.cq, qr, a.rstd_q, a.cq_raw, qr, w + p.q_a_norm, N, qr, c.rms_norm_eps, ctx);
+    rmsnorm_forward<T>(a.ckv, kvr, a.rstd_kv, a.kva, kvw, w + p.kv_a_norm, N, kvr, c.rms_norm_eps, ctx);
+  }
+  if (!up) return;
+  if (qr > 0) linear_forward<T>(a.q, H * dqk, a.cq, qr, w + p.q_b, N, qr, H * dqk, ctx);
+  else linear_forward<T>(a.q, H * dqk, x, D, w + p.q, N, D, H * dqk, ctx);
   rope_forward<T>(a.q + nope, a.q + nope, seq.pos, rope.cos, rope.sin, N, int(H), H * dqk, dqk,
                   int(rd), ctx);
-
-  // keys and values from the compressed latent
-  linear_forward<T>(a.kva, kvw, x, D, w + p.kv_a, N, D, kvw, ctx);
-  rmsnorm_forward<T>(a.ckv, kvr, a.rstd_kv, a.kva, kvw, w + p.kv_a_norm, N, kvr, c.rms_norm_eps, ctx);
   linear_forward<T>(a.kv, H * (nope + dv), a.ckv, kvr, w + p.kv_b, N, kvr, H * (nope + dv), ctx);
 
   // assemble per-head K = [k_nope ; RoPE(k_pe)] and V
@@ -86,7 +90,18 @@ void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams&
   // rotating the broadcast copies rotates the one shared k_pe identically for every head
   rope_forward<T>(a.k + nope, a.k + nope, seq.pos, rope.cos, rope.sin, N, int(H), H * dqk, dqk,
                   int(rd), ctx);
+}
 
+}  // namespace
+
+template <class T>
+void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams& p,
+                 const ModelConfig& c, const SeqView& seq, const RopeTables<T>& rope,
+                 const Ctx& ctx) {
+  PhaseTimer timer(ctx.prof, Phase::attention);
+  const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
+  const int64_t dqk = c.qk_head_dim(), dv = c.v_head_dim;
+  mla_project(a, x, w, p, c, seq, rope, ctx, true, true, true);
   attention_forward<T>(a.o, a.lse, a.q, a.k, a.v, seq.seg_start, seq.B, seq.T, int(H), int(dqk),
                        int(dv), 1.0 / std::sqrt(double(dqk)), ctx);
   linear_forward<T>(out, D, a.o, H * dv, w + p.o, N, H * dv, D, ctx);
@@ -95,8 +110,11 @@ void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams&
 template <class T>
 void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const T* w, T* g,
                   const MlaParams& p, const ModelConfig& c, const SeqView& seq,
-                  const RopeTables<T>& rope, Arena& scratch, const Ctx& ctx) {
+                  const RopeTables<T>& rope, Arena& scratch, const Ctx& ctx, const Recompute& rc) {
   PhaseTimer timer(ctx.prof, Phase::attention);
+  // rebuild what was not kept (the same ops as the forward, so the values are identical)
+  if (rc.norms || rc.mla_up)
+    mla_project(const_cast<MlaActs<T>&>(a), x, w, p, c, seq, rope, ctx, false, rc.norms, rc.mla_up);
   const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, dqk = nope + rd,
                 dv = c.v_head_dim, kvr = c.kv_lora_rank, kvw = kvr + rd, qr = c.q_lora_rank;
@@ -158,7 +176,7 @@ void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const 
                                const Ctx&);                                                     \
   template void mla_backward<T>(T*, const T*, const MlaActs<T>&, const T*, const T*, T*,        \
                                 const MlaParams&, const ModelConfig&, const SeqView&,           \
-                                const RopeTables<T>&, Arena&, const Ctx&);
+                                const RopeTables<T>&, Arena&, const Ctx&, const Recompute&);
 UM_INSTANTIATE(float)
 UM_INSTANTIATE(double)
 #undef UM_INSTANTIATE

@@ -13,6 +13,7 @@
 #include "core/ctx.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "model/recompute.h"
 
 namespace um {
 
@@ -46,7 +47,8 @@ struct MlaActs {
   T* v = nullptr;        // (N, H, dv)
   T* o = nullptr;        // (N, H, dv) attention output before Wo
   T* lse = nullptr;      // (B, H, T)
-  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_rows);
+  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_rows,
+             const Recompute& rc = {}, SharedSlots* slots = nullptr);
 };
 
 template <class T>
@@ -62,10 +64,11 @@ void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams&
                  const Ctx& ctx);
 
 // dx (N, D) written from d_out; parameter gradients accumulate into g. Temporaries come from
-// `scratch` and are released before returning.
+// `scratch` and are released before returning. Recomputed activations (rc) are rebuilt first.
 template <class T>
 void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const T* w, T* g,
                   const MlaParams& p, const ModelConfig& c, const SeqView& seq,
-                  const RopeTables<T>& rope, Arena& scratch, const Ctx& ctx);
+                  const RopeTables<T>& rope, Arena& scratch, const Ctx& ctx,
+                  const Recompute& rc = {});
 
 }  // namespace um

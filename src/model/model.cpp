@@ -80,18 +80,19 @@ struct LayerActs {
   T* ffn = nullptr;       // (N, D) FFN output
   T* rstd_pf = nullptr;   // (N) post-FFN norm (sandwich)
 
-  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe, int64_t ep, int64_t nodes) {
+  void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe, int64_t ep, int64_t nodes,
+             const Recompute& rc, SharedSlots* slots) {
     const int64_t N = B * T_, D = c.hidden_size;
-    a_n = a.alloc<T>(N * D);
+    a_n = keep_or_share<T>(a, slots, rc.norms, "layer.a_n", N * D);
     rstd_in = a.alloc<T>(N);
-    attn.alloc(a, c, B, T_);
+    attn.alloc(a, c, B, T_, rc, slots);
     att = a.alloc<T>(N * D);
     rstd_pa = a.alloc<T>(N);
     x_mid = a.alloc<T>(N * D);
-    f_n = a.alloc<T>(N * D);
+    f_n = keep_or_share<T>(a, slots, rc.norms, "layer.f_n", N * D);
     rstd_pre = a.alloc<T>(N);
-    if (is_moe) moe.alloc(a, c, N, B, ep, nodes);
-    else mlp.alloc(a, N, c.intermediate_size);
+    if (is_moe) moe.alloc(a, c, N, B, ep, nodes, rc, slots);
+    else mlp.alloc(a, N, c.intermediate_size, rc, slots);
     ffn = a.alloc<T>(N * D);
     rstd_pf = a.alloc<T>(N);
   }
@@ -142,6 +143,8 @@ void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& 
                     const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch,
                     const Ctx& ctx) {
   const int64_t N = seq.rows(), D = c.hidden_size;
+  const double eps = c.rms_norm_eps;
+  const Recompute& rc = mo.recompute;
   PhaseTimer timer(ctx.prof, Phase::norms);
   const size_t mark = scratch.mark();
   T* d_fn = scratch.alloc<T>(N * D);
@@ -154,8 +157,10 @@ void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& 
                         a.rstd_pf, N, D, false, ctx);
     d_ffn = d;
   }
+  if (rc.norms)  // the forward's op again: identical f_n
+    rmsnorm_forward<T>(a.f_n, D, a.rstd_pre, a.x_mid, D, w + p.pre_ffn_norm, N, D, eps, ctx);
   if (p.moe) moe_backward<T>(d_fn, d_ffn, a.moe, a.f_n, w, g, p.moe_p, c, mo, N, scratch, ctx);
-  else mlp_backward<T>(d_fn, false, d_ffn, a.mlp, a.f_n, w, g, p.dense, N, D, scratch, ctx);
+  else mlp_backward<T>(d_fn, false, d_ffn, a.mlp, a.f_n, w, g, p.dense, N, D, scratch, ctx, rc);
   // dres becomes d x_mid
   rmsnorm_backward<T>(dres, D, g + p.pre_ffn_norm, d_fn, D, a.x_mid, D, w + p.pre_ffn_norm,
                       a.rstd_pre, N, D, true, ctx);
@@ -167,7 +172,8 @@ void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& 
                         a.rstd_pa, N, D, false, ctx);
     d_att = d;
   }
-  mla_backward<T>(d_an, d_att, a.attn, a.a_n, w, g, p.attn, c, seq, rope, scratch, ctx);
+  if (rc.norms) rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, w + p.in_norm, N, D, eps, ctx);
+  mla_backward<T>(d_an, d_att, a.attn, a.a_n, w, g, p.attn, c, seq, rope, scratch, ctx, rc);
   // dres becomes d x_in
   rmsnorm_backward<T>(dres, D, g + p.in_norm, d_an, D, x_in, D, w + p.in_norm, a.rstd_in, N, D,
                       true, ctx);
@@ -257,13 +263,15 @@ struct Model<T>::Impl {
   }
 
   int64_t ep = 1, nodes = 1;
+  Recompute recompute;
+  SharedSlots slots;
 
   void layout(Arena& a, int64_t B, int64_t T_) {
     const int64_t N = B * T_, D = c.hidden_size, L = c.num_hidden_layers;
     res.assign(L + 1, nullptr);
     for (auto& r : res) r = a.alloc<T>(N * D);
     lacts.assign(L, LayerActs<T>{});
-    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l), ep, nodes);
+    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l), ep, nodes, recompute, &slots);
     h0 = a.alloc<T>(N * D);
     rstd_final = a.alloc<T>(N);
     dh0 = a.alloc<T>(N * D);
@@ -281,7 +289,7 @@ struct Model<T>::Impl {
       m.hn = a.alloc<T>(Nk * D);
       m.rstd_n = a.alloc<T>(Nk);
       m.dhn = a.alloc<T>(Nk * D);
-      m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1), ep, nodes);
+      m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1), ep, nodes, recompute, &slots);
     }
   }
 };
@@ -303,9 +311,12 @@ Model<T>::Model(const ModelConfig& c, const ParamTable& table, const ModelOption
   impl_->ep = ep;
   const int64_t nodes = opt.comms.inter ? opt.comms.inter->size() : 1;
   impl_->nodes = nodes;
+  impl_->recompute = opt.recompute;
   Arena probe = Arena::counting();
-  impl_->layout(probe, opt.micro_batch, opt.seq_len);
+  impl_->layout(probe, opt.micro_batch, opt.seq_len);  // sizes the arena and the shared slots
+  impl_->slots.prepare(probe);
   impl_->acts = Arena(probe.used());
+  impl_->slots.prepare(impl_->acts);
   impl_->layout(impl_->acts, opt.micro_batch, opt.seq_len);
   impl_->scratch = Arena(sizeof(T) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len, ep, nodes));
   const int64_t half = c.qk_rope_head_dim / 2;
@@ -411,6 +422,7 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
     o.balance_coef = sc.balance_alpha / sc.n_pools;
     o.z_coef = sc.z_coef / double(sc.n_sequences * rows_per_seq);
     o.comms = opt_.comms;
+    o.recompute = opt_.recompute;
     return o;
   };
   auto stats_for = [&](int layer) -> MoeStats* {

@@ -35,6 +35,7 @@ struct ModelOptions {
   double capacity_factor = 0;      // 0 = dropless (training only)
   bool aux_free = false;           // use the aux-free bias in selection (noaux_tc implies it)
   MoeComms comms;                  // expert parallelism and cross-rank balance pools (null: local)
+  Recompute recompute;             // activations rebuilt in the backward instead of kept
 };
 
 // Normalisations known before the forward (DESIGN 1.6-1.8), the same on every micro-batch of a
@@ -95,7 +96,7 @@ class Model {
   const std::vector<int>& moe_layers() const { return moe_layers_; }
   // Offset of MoE layer moe_layers()[i]'s aux-free bias in the buffer array.
   int64_t bias_offset(size_t i) const;
-  size_t activation_bytes() const;  // the arena, for the memory report
+  size_t activation_bytes() const;  // the arenas (kept activations + backward scratch)
 
  private:
   struct Impl;

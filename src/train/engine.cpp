@@ -32,7 +32,8 @@ Engine::Engine(const RunConfig& config, Comm& w)
   ps = ParamStore<float>(table, optim.moment_elements());
   model = std::make_unique<Model<float>>(
       rc.model, table,
-      ModelOptions{tc.micro_batch_size, rc.data.seq_len, tc.balance_scope, tc.capacity_factor, tc.aux_free, comms});
+      ModelOptions{tc.micro_batch_size, rc.data.seq_len, tc.balance_scope, tc.capacity_factor, tc.aux_free, comms,
+                   Recompute::parse(tc.recompute)});
 }
 
 void Engine::take_canonical(const int32_t* global_batch, int32_t* local) const {

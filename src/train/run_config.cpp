@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/recompute.h"
+
 namespace um {
 
 double StepSchedule::at(int64_t step) const {
@@ -130,6 +132,7 @@ TrainConfig parse_train(const json& j) {
       UM_CHECK(x.is_string(), "config", "train.recompute: expected strings, got ", x.dump());
       t.recompute.push_back(x.get<std::string>());
     }
+    Recompute::parse(t.recompute);  // names checked here, with the key in the message
   }
   t.imbalance_devices = r.opt<int64_t>("imbalance_devices", 0);
   r.finish();

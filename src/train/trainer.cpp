@@ -92,7 +92,6 @@ int run_training(const TrainOptions& opt) {
   UM_CHECK(!rc.data.path.empty(), "train", "no data: pass --data DIR or set data.path");
   UM_CHECK(rc.model.rope_scaling.is_null(), "train", "model.rope_scaling (YaRN) is accepted by inspect and "
            "plan but training with it is not implemented yet; set it to null");
-  UM_CHECK(rc.train.recompute.empty(), "train", "train.recompute is not implemented yet; leave it empty");
   const std::string out = opt.out_dir.empty() ? "runs/" + fs::path(opt.config_path).stem().string() : opt.out_dir;
   const std::string ckpt_root = out + "/checkpoints";
   const TrainConfig& tc = rc.train;

@@ -47,12 +47,14 @@ struct Case {
   bool capacity = false;
   bool attention_balance = false;
   int ranks_per_node = 0;  // > 0 and < ep: hierarchical dispatch
+  bool recompute = false;  // every module recomputed on the ranks (the reference keeps all)
   std::string name() const {
     char buf[192];
-    std::snprintf(buf, sizeof buf, "%s_ep%d_zero%d_%s_B%lld_m%lld%s%s%s", golden.c_str(), ep, int(zero),
+    std::snprintf(buf, sizeof buf, "%s_ep%d_zero%d_%s_B%lld_m%lld%s%s%s%s", golden.c_str(), ep, int(zero),
                   balance_scope_name(scope), (long long)B, (long long)m, capacity ? "_capacity" : "",
                   attention_balance ? "_dpbalance" : "",
-                  ranks_per_node ? ("_hier" + std::to_string(ranks_per_node)).c_str() : "");
+                  ranks_per_node ? ("_hier" + std::to_string(ranks_per_node)).c_str() : "",
+                  recompute ? "_recompute" : "");
     return buf;
   }
 };
@@ -108,7 +110,8 @@ void run_case(const Case& k) {
     gold.st->read_into<double>("param." + p.name, ps.w.data() + p.offset, p.shape);
   for (const BufferInfo& b : table.buffers)
     gold.st->read_into<double>("buffer." + b.name, ps.buf.data() + b.offset, {b.numel});
-  Model<double> model(c, table, {k.m, T, tc.balance_scope, tc.capacity_factor, tc.aux_free, mc});
+  Model<double> model(c, table, {k.m, T, tc.balance_scope, tc.capacity_factor, tc.aux_free, mc,
+                                 k.recompute ? Recompute{true, true, true} : Recompute{}});
   int64_t adam = 0;
   const int64_t n_local = k.B / W;
   std::vector<int32_t> local(n_local * (T + 1));
@@ -162,7 +165,9 @@ INSTANTIATE_TEST_SUITE_P(
                       // hierarchical dispatch: 2 nodes of 1 rank, 2 nodes of 2, 4 nodes of 1
                       Case{"tiny_dssn", 2, false, BalanceScope::micro_batch, 8, 2, false, false, 1},
                       Case{"tiny_dssn", 4, true, BalanceScope::ep_group, 8, 1, false, false, 2},
-                      Case{"tiny_moge", 4, false, BalanceScope::micro_batch, 8, 2, true, false, 1}),
+                      Case{"tiny_moge", 4, false, BalanceScope::micro_batch, 8, 2, true, false, 1},
+                      Case{"tiny_dssn", 2, false, BalanceScope::micro_batch, 8, 2, false, false, 0, true},
+                      Case{"tiny_dssn", 4, true, BalanceScope::ep_group, 8, 1, false, false, 2, true}),
     [](const auto& info) { return info.param.name(); });
 
 TEST(MpiComm, CollectivesAndSplit) {
