@@ -413,6 +413,7 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
   r.ce_main = 0;
   r.ce_mtp.assign(depth, 0.0);
   r.moe.resize(moe_layers_.size());
+  for (MoeStats& st : r.moe) st.reset(c.n_routed_experts);  // layers that do not run report zeros
   auto moe_options = [&](int64_t rows_per_seq) {
     MoeOptions o;
     o.spec = {c.topk_method, int(c.num_experts_per_tok), int(c.n_group), int(c.topk_group)};

@@ -7,7 +7,8 @@ namespace um {
 
 template <class T>
 EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windows,
-                    int64_t max_windows, const Ctx& ctx, Comm* world) {
+                    int64_t max_windows, const Ctx& ctx, Comm* world,
+                    std::vector<MoeStats>* expert_load) {
   const int64_t W = world ? world->size() : 1, rank = world ? world->rank() : 0;
   const int64_t T_ = model.options().seq_len, mb = model.options().micro_batch;
   UM_CHECK(windows.seq_len() == T_, "eval", "windows of length ", windows.seq_len(),
@@ -25,7 +26,20 @@ EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windo
     for (int64_t b = 0; b < B; ++b) windows.fill(first + b, buf.data() + b * (T_ + 1));
     if (B == 0) std::fill(buf.begin(), buf.begin() + (T_ + 1), kPadId);  // scores nothing
     r.tokens += count_valid_targets(buf.data(), std::max<int64_t>(B, 1), T_, 0)[0];
-    total += model.forward_backward(ps, buf.data(), std::max<int64_t>(B, 1), sc, false, ctx).ce_main;
+    const MicroResult& res = model.forward_backward(ps, buf.data(), std::max<int64_t>(B, 1), sc, false, ctx);
+    total += res.ce_main;
+    if (expert_load && B > 0) {
+      if (expert_load->empty()) {
+        expert_load->resize(res.moe.size());
+        for (MoeStats& s : *expert_load) s.reset(model.config().n_routed_experts);
+      }
+      for (size_t l = 0; l < res.moe.size(); ++l) {
+        MoeStats& a = (*expert_load)[l];
+        for (size_t e = 0; e < a.load.size(); ++e) a.load[e] += res.moe[l].load[e];
+        a.tokens += res.moe[l].tokens;
+        a.entropy_sum += res.moe[l].entropy_sum;
+      }
+    }
   }
   if (world && W > 1) {
     std::vector<double> sums = {total, double(r.tokens)};
@@ -39,7 +53,9 @@ EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windo
   return r;
 }
 
-template EvalResult evaluate<float>(Model<float>&, ParamStore<float>&, const EvalWindows&, int64_t, const Ctx&, Comm*);
-template EvalResult evaluate<double>(Model<double>&, ParamStore<double>&, const EvalWindows&, int64_t, const Ctx&, Comm*);
+template EvalResult evaluate<float>(Model<float>&, ParamStore<float>&, const EvalWindows&, int64_t, const Ctx&,
+                                    Comm*, std::vector<MoeStats>*);
+template EvalResult evaluate<double>(Model<double>&, ParamStore<double>&, const EvalWindows&, int64_t, const Ctx&,
+                                     Comm*, std::vector<MoeStats>*);
 
 }  // namespace um

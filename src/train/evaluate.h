@@ -20,8 +20,11 @@ struct EvalResult {
 // max_windows 0 = all windows of the shard. With a world of W ranks the windows are shared out
 // in lock-step rounds (ranks without a window in the last round run a padding-only window, which
 // scores nothing, so the expert-parallel collectives stay matched) and the sums all-reduced.
+// expert_load (optional): per MoE layer, the routing statistics summed over the scored windows
+// (tokens per expert with the biased selection, router entropy), for `eval --expert-stats`.
 template <class T>
 EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windows,
-                    int64_t max_windows, const Ctx& ctx, Comm* world = nullptr);
+                    int64_t max_windows, const Ctx& ctx, Comm* world = nullptr,
+                    std::vector<MoeStats>* expert_load = nullptr);
 
 }  // namespace um

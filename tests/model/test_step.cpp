@@ -137,3 +137,38 @@ TEST(Recompute, RejectsUnknownModules) {
 
 }  // namespace
 }  // namespace um::test
+
+namespace um::test {
+namespace {
+
+// DESIGN 1.6: the `sequence` scope depends on no layout — the same global batch split into
+// micro-batches of 1, 2 or 4 sequences gives the same losses and gradients (up to summation
+// order); the micro_batch scope does depend on the split, as it should.
+TEST(BalanceScope, SequenceScopeIgnoresTheMicroBatchSplit) {
+  const Golden g("tiny_dssn");  // batch 4
+  Workspace ws;
+  Ctx ctx = Ctx::cpu(&ws);
+  auto run = [&](BalanceScope scope, int64_t m, std::vector<double>* grad) {
+    TrainConfig tc = g.rc.train;
+    tc.balance_scope = scope;
+    tc.micro_batch_size = m;
+    ParamStore<double> ps(g.table);
+    g.load(ps);
+    Model<double> model(g.rc.model, g.table, {m, g.T, scope, 0, false});
+    const StepOutcome o = accumulate_step<double>(model, ps, tc, 1, g.batch(1), StepGroups{}, ctx);
+    grad->assign(ps.g.data(), ps.g.data() + ps.g.size());
+    return o.loss_bal;
+  };
+  std::vector<double> g1, g2, g4;
+  const double b1 = run(BalanceScope::sequence, 1, &g1), b2 = run(BalanceScope::sequence, 2, &g2),
+               b4 = run(BalanceScope::sequence, 4, &g4);
+  EXPECT_NEAR(b1, b2, 1e-14);
+  EXPECT_NEAR(b1, b4, 1e-14);
+  EXPECT_LE(normwise(g2, g1), 1e-12);
+  EXPECT_LE(normwise(g4, g1), 1e-12);
+  std::vector<double> m1, m4;
+  EXPECT_GT(std::fabs(run(BalanceScope::micro_batch, 1, &m1) - run(BalanceScope::micro_batch, 4, &m4)), 1e-6);
+}
+
+}  // namespace
+}  // namespace um::test

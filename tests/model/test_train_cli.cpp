@@ -73,6 +73,16 @@ TEST_F(TrainCli, LossFallsAndEvalSampleInspectWork) {
   ASSERT_EQ(e.status, 0) << e.err;
   json ej = json::parse(e.out);
   EXPECT_NEAR(ej["val_loss"].get<double>(), ev[1]["val_loss"].get<double>(), 1e-9);  // the same scoring
+  // per-layer expert load on the scored tokens: every token of a MoE layer picks K = 2 experts
+  CmdResult es = run_cmd(bin() + " eval --ckpt " + ck + " --data " + data_ + " --batches 2 --expert-stats " +
+                             dir_.path + "/es.json", dir_.path);
+  ASSERT_EQ(es.status, 0) << es.err;
+  const json st = read_json_file(dir_.path + "/es.json");
+  ASSERT_EQ(st["layers"].size(), 2u);
+  int64_t pairs = 0;
+  for (int64_t x : st["layers"][0]["load"].get<std::vector<int64_t>>()) pairs += x;
+  EXPECT_EQ(pairs, 2 * st["layers"][0]["tokens"].get<int64_t>());
+  EXPECT_EQ(st["layers"][0]["tokens"].get<int64_t>(), 2 * 2 * 32);  // 2 micro-batches of 2 x 32 tokens
 
   CmdResult s = run_cmd(bin() + " sample --ckpt " + ck + " --prompt 'the cat' --max-new-tokens 12 --temperature 0", dir_.path);
   ASSERT_EQ(s.status, 0) << s.err;

@@ -11,18 +11,21 @@
 namespace um::cli {
 
 static const char* kUsage =
-    "usage: ultramoe eval --ckpt DIR --data DIR [--batches N] [--json]\n"
+    "usage: ultramoe eval --ckpt DIR --data DIR [--batches N] [--json] [--expert-stats FILE]\n"
     "\n"
     "Scores every token of the data directory's validation shard exactly once (main CE; the last\n"
     "window padded and masked) and prints the loss and perplexity.\n"
     "  --ckpt DIR     a checkpoint directory\n"
     "  --data DIR     a prepared data directory with the checkpoint's tokenizer\n"
     "  --batches N    score only the first N micro-batches (default 0: all)\n"
-    "  --json         print one JSON object\n";
+    "  --json         print one JSON object\n"
+    "  --expert-stats FILE  write the per-layer expert load on the scored tokens (JSON), for\n"
+    "                       specialisation studies\n";
 
 int cmd_eval(const Args& args) {
   if (wants_help(args, kUsage)) return 0;
-  CliArgs a("eval", args, {{"ckpt", true}, {"data", true}, {"batches", true}, {"json", false}});
+  CliArgs a("eval", args, {{"ckpt", true}, {"data", true}, {"batches", true}, {"json", false},
+                                         {"expert-stats", true}});
   UM_CHECK(a.positional().empty(), "eval", "unexpected argument '", a.positional()[0], "'");
   OpenedCheckpoint ck = open_checkpoint(a.require("ckpt"));
   DataDir data(a.require("data"));
@@ -35,7 +38,20 @@ int cmd_eval(const Args& args) {
   Workspace ws;
   Ctx ctx = Ctx::cpu(&ws);
   Model<float> model(ck.rc.model, ck.table, {mb, T_, ck.rc.train.balance_scope, 0, ck.rc.train.aux_free});
-  const EvalResult r = evaluate(model, ck.ps, windows, a.get_int("batches", 0) * mb, ctx);
+  std::vector<MoeStats> load;
+  const EvalResult r = evaluate(model, ck.ps, windows, a.get_int("batches", 0) * mb, ctx, nullptr,
+                                a.has("expert-stats") ? &load : nullptr);
+  if (a.has("expert-stats")) {
+    json layers = json::array();
+    for (size_t l = 0; l < load.size(); ++l)
+      layers.push_back({{"layer", model.moe_layers()[l]}, {"tokens", load[l].tokens}, {"load", load[l].load},
+                        {"entropy", load[l].tokens ? load[l].entropy_sum / double(load[l].tokens) : 0.0}});
+    const std::string path = a.require("expert-stats");
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    const std::string text = json({{"ckpt", ck.dir}, {"data", data.path()}, {"layers", layers}}).dump(1) + "\n";
+    UM_CHECK(f && std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fclose(f) == 0, "eval",
+             "cannot write ", path);
+  }
   if (a.has("json")) {
     std::printf("%s\n", json({{"step", ck.state.step}, {"val_loss", r.loss}, {"val_ppl", r.ppl},
                               {"val_tokens", r.tokens}}).dump().c_str());
