@@ -245,9 +245,12 @@ MeasuredStep read_measured_step(const json& j, double tokens_per_step, const std
            ": no numeric tokens_per_s");
   m.tokens_per_s = j["tokens_per_s"].get<double>();
   UM_CHECK(m.tokens_per_s > 0, "plan", file, ": tokens_per_s must be > 0, got ", m.tokens_per_s);
-  m.step_time_s = j.contains("step_time_s") && j["step_time_s"].is_number() ? j["step_time_s"].get<double>()
-                                                                           : tokens_per_step / m.tokens_per_s;
-  if (j.contains("phases")) m.phases = j["phases"];
+  // `ultramoe bench` names them step_s_median and phases_s_per_step
+  m.step_time_s = tokens_per_step / m.tokens_per_s;
+  for (const char* key : {"step_time_s", "step_s_median"})
+    if (j.contains(key) && j[key].is_number()) m.step_time_s = j[key].get<double>();
+  for (const char* key : {"phases", "phases_s_per_step"})
+    if (j.contains(key)) m.phases = j[key];
   return m;
 }
 

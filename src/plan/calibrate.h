@@ -65,8 +65,9 @@ Calibration summarize_calibration(std::vector<OpMeasurement> ops);
 Calibration calibrate_from_benchmark(const json& bench, const Hardware& hw);
 json calibration_json(const Calibration& c);
 
-// A measured training step. tokens_per_s is required; step_time_s defaults to
-// tokens_per_step / tokens_per_s; `phases` (seconds per phase) is carried along.
+// A measured training step: the JSON of `ultramoe bench --json` (tokens_per_s, step_s_median,
+// phases_s_per_step) or a metrics.jsonl line of `ultramoe train` (tokens_per_s). tokens_per_s is
+// required; the step time defaults to tokens_per_step / tokens_per_s; the phases are carried along.
 struct MeasuredStep {
   double tokens_per_s = 0;
   double step_time_s = 0;

@@ -117,6 +117,12 @@ TEST(PlanCalibrate, MeasuredStepFromBenchJson) {
   EXPECT_DOUBLE_EQ(m.step_time_s, 0.5);
   EXPECT_DOUBLE_EQ(m.phases["forward"].get<double>(), 0.1);
   EXPECT_THROW(read_measured_step(json::parse(R"({"step_time_s": 1})"), 1000, "bench.json"), Error);
+  // the keys `ultramoe bench --json` prints
+  const MeasuredStep b = read_measured_step(
+      json::parse(R"({"tokens_per_s": 3500, "step_s_median": 0.146, "phases_s_per_step": {"MTP": 0.067}})"), 512,
+      "bench.json");
+  EXPECT_DOUBLE_EQ(b.step_time_s, 0.146);
+  EXPECT_DOUBLE_EQ(b.phases["MTP"].get<double>(), 0.067);
 }
 
 TEST(PlanHardware, ShippedFilesParseAndRejectNonsense) {

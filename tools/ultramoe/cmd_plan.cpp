@@ -40,7 +40,7 @@ static const char* kUsage =
     "  --layers L,..  --hidden D,..  --experts E,..  --tolerance X   the geometry grid (default\n"
     "                         around the model) and the allowed budget mismatch (0.05)\n"
     "  --measured FILE        with --layout: compare with a measured step (JSON with tokens_per_s:\n"
-    "                         `ultramoe bench` output or a metrics.jsonl line of `ultramoe train`)\n"
+    "                         `ultramoe bench --json` or a metrics.jsonl line of `ultramoe train`)\n"
     "  --calibrate FILE       print the efficiency fields for --hardware from the JSON of\n"
     "                         `OMP_NUM_THREADS=1 bench_ops --benchmark_format=json`\n"
     "  --measure              (with or without --calibrate) also time this engine's sgemm over\n"
@@ -194,9 +194,14 @@ int one_layout(const CliArgs& a, const Inputs& in) {
   } else {
     print_header(stdout, in.model, in.hw, in.w);
     print_breakdown(stdout, p, in.w);
-    if (measured)
+    if (measured) {
       std::printf("measured    %.4g s per step (%.4g tokens/s): predicted / measured = %.3f\n", measured->step_time_s,
                   measured->tokens_per_s, p.step_time_s / measured->step_time_s);
+      if (measured->phases.is_object())
+        for (auto it = measured->phases.begin(); it != measured->phases.end(); ++it)
+          if (it.value().is_number())
+            std::printf("            %-28s %.4g s\n", it.key().c_str(), it.value().get<double>());
+    }
   }
   UM_CHECK(p.fits, "plan", "layout ", layout_string(p.layout), " needs ", gb(p.memory.total()),
            " GB per device (stage ", p.memory_stage, "), ", in.hw.name, " has ", gb(in.hw.memory_bytes),
