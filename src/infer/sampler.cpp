@@ -8,16 +8,42 @@
 
 namespace um {
 
-template <class T>
-int32_t sample_token(const T* logits, int64_t V, const SamplingParams& p, int64_t sequence,
-                     int64_t position, std::vector<std::pair<double, int32_t>>& cand) {
-  if (p.temperature <= 0 || p.top_k == 1) {
-    int32_t best = 0;
-    for (int64_t j = 1; j < V; ++j)
-      if (logits[j] > logits[best]) best = static_cast<int32_t>(j);
-    return best;
+double SamplingDist::probability(int32_t id) const {
+  for (int64_t i = 0; i < n; ++i)
+    if (cand[i].second == id) return cand[i].first / total;
+  return 0;
+}
+
+int32_t SamplingDist::draw(double u, int32_t exclude) const {
+  double mass = total;
+  for (int64_t i = 0; i < n; ++i)
+    if (cand[i].second == exclude) mass -= cand[i].first;
+  double left = u * mass;
+  int32_t last = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (cand[i].second == exclude) continue;
+    last = cand[i].second;
+    left -= cand[i].first;
+    if (left < 0) return last;
   }
+  // rounding left a sliver of u past the end, or every candidate was excluded (a one-candidate
+  // distribution whose token was rejected cannot happen: it has probability 1)
+  return last >= 0 ? last : cand[0].second;
+}
+
+template <class T>
+int32_t argmax_token(const T* logits, int64_t V) {
+  int32_t best = 0;
+  for (int64_t j = 1; j < V; ++j)
+    if (logits[j] > logits[best]) best = static_cast<int32_t>(j);
+  return best;
+}
+
+template <class T>
+void sampling_distribution(const T* logits, int64_t V, const SamplingParams& p, SamplingDist& d) {
+  V = p.usable(V);
   // candidates by probability, descending (ties: lower id first)
+  auto& cand = d.cand;
   cand.resize(V);
   double m = -INFINITY;
   for (int64_t j = 0; j < V; ++j) m = std::max(m, double(logits[j]) / p.temperature);
@@ -43,18 +69,29 @@ int32_t sample_token(const T* logits, int64_t V, const SamplingParams& p, int64_
     total = 0;
     for (int64_t i = 0; i < n; ++i) total += cand[i].first;
   }
-  const Philox rng(p.seed, "sample." + std::to_string(sequence));
-  double u = rng.uniform(static_cast<uint64_t>(position)) * total;
-  for (int64_t i = 0; i < n; ++i) {
-    u -= cand[i].first;
-    if (u < 0) return cand[i].second;
-  }
-  return cand[n - 1].second;
+  d.n = n;
+  d.total = total;
 }
 
-template int32_t sample_token<float>(const float*, int64_t, const SamplingParams&, int64_t, int64_t,
-                                     std::vector<std::pair<double, int32_t>>&);
-template int32_t sample_token<double>(const double*, int64_t, const SamplingParams&, int64_t, int64_t,
-                                      std::vector<std::pair<double, int32_t>>&);
+double sampling_uniform(const SamplingParams& p, const char* stream, int64_t sequence, int64_t position) {
+  const Philox rng(p.seed, std::string(stream) + "." + std::to_string(sequence));
+  return rng.uniform(static_cast<uint64_t>(position));
+}
+
+template <class T>
+int32_t sample_token(const T* logits, int64_t V, const SamplingParams& p, int64_t sequence,
+                     int64_t position, SamplingDist& dist) {
+  if (p.greedy()) return argmax_token(logits, p.usable(V));
+  sampling_distribution(logits, V, p, dist);
+  return dist.draw(sampling_uniform(p, "sample", sequence, position));
+}
+
+#define UM_INSTANTIATE(T)                                                                          \
+  template int32_t argmax_token<T>(const T*, int64_t);                                             \
+  template void sampling_distribution<T>(const T*, int64_t, const SamplingParams&, SamplingDist&); \
+  template int32_t sample_token<T>(const T*, int64_t, const SamplingParams&, int64_t, int64_t, SamplingDist&);
+UM_INSTANTIATE(float)
+UM_INSTANTIATE(double)
+#undef UM_INSTANTIATE
 
 }  // namespace um

@@ -1,4 +1,5 @@
-// ultramoe eval: validation loss and perplexity of a checkpoint on a data directory.
+// ultramoe eval: validation loss and perplexity of a checkpoint on a data directory (the training
+// forward, no MTP, dropless; see train/evaluate.h). Perplexity = exp(mean main CE per token).
 #include <cstdio>
 
 #include "commands.h"
@@ -14,7 +15,8 @@ static const char* kUsage =
     "usage: ultramoe eval --ckpt DIR --data DIR [--batches N] [--json] [--expert-stats FILE]\n"
     "\n"
     "Scores every token of the data directory's validation shard exactly once (main CE; the last\n"
-    "window padded and masked) and prints the loss and perplexity.\n"
+    "window padded and masked) and prints the mean cross-entropy (nats per token) and the perplexity,\n"
+    "exp(mean cross-entropy).\n"
     "  --ckpt DIR     a checkpoint directory\n"
     "  --data DIR     a prepared data directory with the checkpoint's tokenizer\n"
     "  --batches N    score only the first N micro-batches (default 0: all)\n"
@@ -56,7 +58,7 @@ int cmd_eval(const Args& args) {
     std::printf("%s\n", json({{"step", ck.state.step}, {"val_loss", r.loss}, {"val_ppl", r.ppl},
                               {"val_tokens", r.tokens}}).dump().c_str());
   } else {
-    std::printf("step %lld: val_loss %.4f  val_ppl %.2f  (%lld tokens, %lld windows)\n",
+    std::printf("step %lld: val_loss %.4f nats/token  perplexity %.2f  (%lld tokens, %lld windows)\n",
                 (long long)ck.state.step, r.loss, r.ppl, (long long)r.tokens, (long long)r.windows);
   }
   return 0;
