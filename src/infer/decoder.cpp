@@ -14,8 +14,12 @@
 #include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/linear.h"
+#include "ops/permute.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/router.h"
+#include "ops/skinny_linear.h"
+#include "ops/swiglu.h"
 #include "ops/vmath.h"
 
 namespace um {
@@ -80,6 +84,56 @@ void masked_softmax(T* row, int64_t n, int64_t lo, int64_t hi) {
   for (int64_t j = lo; j <= hi; ++j) row[j] *= inv;
   std::fill(row, row + lo, T(0));
   std::fill(row + hi + 1, row + n, T(0));
+}
+
+// y (N, n_out) = x W^T: the few-row kernel for passes of at most `skinny` rows (decoding reads
+// each weight once instead of packing it), BLAS GEMM above.
+template <class T>
+void dec_linear(T* y, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t N, int64_t n_in, int64_t n_out,
+                int64_t skinny, const Ctx& ctx) {
+  if (N <= skinny) skinny_linear_forward<T>(y, ldy, x, ldx, W, n_in, N, n_in, n_out, ctx);
+  else linear_forward<T>(y, ldy, x, ldx, W, N, n_in, n_out, ctx);
+}
+
+// SwiGLU MLP on few rows (ffn.h mlp_forward with the few-row kernel): y (N, D) written.
+template <class T>
+void mlp_few_rows(T* y, MlpActs<T>& a, const T* x, const T* w, const MlpParams& p, int64_t N, int64_t D,
+                  const Ctx& ctx) {
+  const int64_t F = p.width;
+  skinny_linear_forward<T>(a.gu, 2 * F, x, D, w + p.gate_up, D, N, D, 2 * F, ctx);
+  swiglu_forward<T>(a.h, a.gu, N, F, ctx);
+  skinny_linear_forward<T>(y, D, a.h, F, w + p.down, F, N, F, D, ctx);
+}
+
+// The MoE block on few rows: the route of moe_forward (the same router ops: scores, top-k on s + b,
+// gates) and its permute/combine ops, dropless; only the products differ — each expert's rows go
+// through the few-row kernel, so an expert's weights are read once, and only the experts some row
+// chose are touched. y (N, D) written.
+template <class T>
+void moe_few_rows(T* y, MoeActs<T>& a, const T* x, const T* w, const T* buffers, const MoeParams& p,
+                  const ModelConfig& c, bool use_bias, int64_t N, const Ctx& ctx) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
+                F = c.moe_intermediate_size;
+  const TopkSpec spec{c.topk_method, int(K), int(c.n_group), int(c.topk_group)};
+  skinny_linear_forward<T>(a.z, E, x, D, w + p.router, D, N, D, E, ctx);
+  router_scores_forward<T>(a.s, a.z, N, E, c.scoring_func, ctx);
+  router_topk<T>(a.idx, a.margin, a.s, use_bias ? buffers + p.bias : nullptr, N, E, spec, ctx);
+  router_gates_forward<T>(a.gate, a.s, a.idx, p.router_scale >= 0 ? w + p.router_scale : nullptr, N, E, int(K),
+                          c.norm_topk_prob, c.routed_scaling_factor, ctx);
+  const int64_t R = routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, nullptr, N, int(K), E);
+  permute_rows_forward<T>(a.xp, x, a.row_pair, R, int(K), D, ctx);
+  const bool shared = p.shared.width > 0;
+  if (shared) mlp_few_rows<T>(y, a.shared, x, w, p.shared, N, D, ctx);
+  const int64_t stride = 3 * F * D;  // one expert's gate|up|down block
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = a.offsets[e], n = a.offsets[e + 1] - r0;
+    if (n == 0) continue;  // an expert no row chose: its weights stay unread
+    const T* we = w + p.experts + e * stride;
+    skinny_linear_forward<T>(a.gu + r0 * 2 * F, 2 * F, a.xp + r0 * D, D, we, D, n, D, 2 * F, ctx);
+    swiglu_forward<T>(a.h + r0 * F, a.gu + r0 * 2 * F, n, F, ctx);
+    skinny_linear_forward<T>(a.yp + r0 * D, D, a.h + r0 * F, F, we + 2 * F * D, F, n, F, D, ctx);
+  }
+  combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, shared, ctx);
 }
 
 }  // namespace
@@ -297,21 +351,22 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
                 W = kvr + rd, qr = c.q_lora_rank;
   const double eps = c.rms_norm_eps, scale = 1.0 / std::sqrt(double(dqk));
   const int32_t* pos = m.row_pos.data();
+  const int64_t sk = opt_.skinny_rows;
   for (int l = layer_begin; l < layer_end; ++l) {
     const DecLayer& p = m.layers[l];
     const MlaParams& a = p.attn;
     // --- attention (DESIGN 1.4) ---
     rmsnorm_forward<T>(m.a_n, D, m.rstd, m.x, D, w + p.in_norm, N, D, eps, ctx);
     if (qr > 0) {
-      linear_forward<T>(m.cq_raw, qr, m.a_n, D, w + a.q_a, N, D, qr, ctx);
+      dec_linear<T>(m.cq_raw, qr, m.a_n, D, w + a.q_a, N, D, qr, sk, ctx);
       rmsnorm_forward<T>(m.cq, qr, m.rstd, m.cq_raw, qr, w + a.q_a_norm, N, qr, eps, ctx);
-      linear_forward<T>(m.q, H * dqk, m.cq, qr, w + a.q_b, N, qr, H * dqk, ctx);
+      dec_linear<T>(m.q, H * dqk, m.cq, qr, w + a.q_b, N, qr, H * dqk, sk, ctx);
     } else {
-      linear_forward<T>(m.q, H * dqk, m.a_n, D, w + a.q, N, D, H * dqk, ctx);
+      dec_linear<T>(m.q, H * dqk, m.a_n, D, w + a.q, N, D, H * dqk, sk, ctx);
     }
     rope_forward<T>(m.q + nope, m.q + nope, pos, m.rope_cos.data(), m.rope_sin.data(), N, int(H), H * dqk,
                     dqk, int(rd), ctx);
-    linear_forward<T>(m.kva, W, m.a_n, D, w + a.kv_a, N, D, W, ctx);
+    dec_linear<T>(m.kva, W, m.a_n, D, w + a.kv_a, N, D, W, sk, ctx);
     rmsnorm_forward<T>(m.lat, W, m.rstd, m.kva, W, w + a.kv_a_norm, N, kvr, eps, ctx);
     rope_forward<T>(m.lat + kvr, m.kva + kvr, pos, m.rope_cos.data(), m.rope_sin.data(), N, 1, W, W,
                     int(rd), ctx);
@@ -332,7 +387,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
     } else {
       attend_naive<T>(m.o, m.q, m.segs, cache_, l, kv_b, c, scale, m.naive_buf, ctx);
     }
-    linear_forward<T>(m.att, D, m.o, H * dv, w + a.o, N, H * dv, D, ctx);
+    dec_linear<T>(m.att, D, m.o, H * dv, w + a.o, N, H * dv, D, sk, ctx);
     if (attn_capture_) {
       attn_capture_->resize(cache_.n_layers());
       (*attn_capture_)[l].assign(m.att, m.att + N * D);
@@ -346,14 +401,19 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
       add_inplace<T>(m.x_mid, m.att, N * D, ctx);
     }
     rmsnorm_forward<T>(m.f_n, D, m.rstd, m.x_mid, D, w + p.pre_ffn_norm, N, D, eps, ctx);
-    if (p.moe) {
+    const bool use_bias = opt_.aux_free || c.aux_free_bias;
+    if (p.moe && N <= sk) {
+      moe_few_rows<T>(m.ffn, m.moe, m.f_n, w, ps_.buf.data(), p.moe_p, c, use_bias, N, ctx);
+    } else if (p.moe) {
       MoeOptions mo;
       mo.spec = {c.topk_method, int(c.num_experts_per_tok), int(c.n_group), int(c.topk_group)};
-      mo.use_bias = opt_.aux_free || c.aux_free_bias;
+      mo.use_bias = use_bias;
       mo.capacity_factor = 0;  // inference is always dropless (DESIGN 1.5)
       mo.pool_rows = N;        // statistics only; no loss here
       mo.layer = l;
       moe_forward<T>(m.ffn, m.moe, m.moe_stats, m.f_n, w, ps_.buf.data(), p.moe_p, c, mo, N, m.moe_scratch, ctx);
+    } else if (N <= sk) {
+      mlp_few_rows<T>(m.ffn, m.mlp, m.f_n, w, p.dense, N, D, ctx);
     } else {
       mlp_forward<T>(m.ffn, false, m.mlp, m.f_n, w, p.dense, N, D, ctx);
     }
@@ -440,7 +500,7 @@ void Decoder<T>::forward(const std::vector<Feed>& feeds, LogitRows which, T* log
       for (const Segment& s : m.segs)
         std::memcpy(m.hist_row(0, s.slot, s.i0), m.h + s.row0 * D, sizeof(T) * s.m * D);
     if (which == LogitRows::all) {
-      linear_forward<T>(logits + done_rows * V, V, m.h, D, w + m.head, N, D, V, ctx);
+      dec_linear<T>(logits + done_rows * V, V, m.h, D, w + m.head, N, D, V, opt_.skinny_rows, ctx);
     } else if (which == LogitRows::last) {
       int64_t n_sel = 0, first_feed = -1;
       for (const Segment& s : m.segs)
@@ -448,7 +508,7 @@ void Decoder<T>::forward(const std::vector<Feed>& feeds, LogitRows which, T* log
           if (first_feed < 0) first_feed = s.feed;
           std::memcpy(m.sel + n_sel++ * D, m.h + (s.row0 + s.m - 1) * D, sizeof(T) * D);
         }
-      if (n_sel > 0) linear_forward<T>(logits + first_feed * V, V, m.sel, D, w + m.head, n_sel, D, V, ctx);
+      if (n_sel > 0) dec_linear<T>(logits + first_feed * V, V, m.sel, D, w + m.head, n_sel, D, V, opt_.skinny_rows, ctx);
     }
     done_rows += N;
   });
@@ -496,14 +556,14 @@ void Decoder<T>::mtp_forward(int k, const std::vector<MtpFeed>& feeds, LogitRows
     embedding_forward<T>(m.emb, m.row_tok.data(), w + m.embed, N, D, ctx);
     rmsnorm_forward<T>(m.cat, 2 * D, m.rstd, m.emb, D, w + mp.enorm, N, D, c.rms_norm_eps, ctx);
     rmsnorm_forward<T>(m.cat + D, 2 * D, m.rstd, m.hprev, D, w + mp.hnorm, N, D, c.rms_norm_eps, ctx);
-    linear_forward<T>(m.x, D, m.cat, 2 * D, w + mp.eh_proj, N, 2 * D, D, ctx);
+    dec_linear<T>(m.x, D, m.cat, 2 * D, w + mp.eh_proj, N, 2 * D, D, opt_.skinny_rows, ctx);
     run_chunk(layer, layer + 1, ctx);
     rmsnorm_forward<T>(m.h, D, m.rstd, m.x, D, w + mp.head_norm, N, D, c.rms_norm_eps, ctx);
     if (k < opt_.mtp_depth)
       for (const Segment& s : m.segs)
         std::memcpy(m.hist_row(k, s.slot, s.i0), m.h + s.row0 * D, sizeof(T) * s.m * D);
     if (which == LogitRows::all) {
-      linear_forward<T>(logits + done_rows * V, V, m.h, D, w + m.head, N, D, V, ctx);
+      dec_linear<T>(logits + done_rows * V, V, m.h, D, w + m.head, N, D, V, opt_.skinny_rows, ctx);
     } else if (which == LogitRows::last) {
       int64_t n_sel = 0, first_feed = -1;
       for (const Segment& s : m.segs)
@@ -511,7 +571,7 @@ void Decoder<T>::mtp_forward(int k, const std::vector<MtpFeed>& feeds, LogitRows
           if (first_feed < 0) first_feed = s.feed;
           std::memcpy(m.sel + n_sel++ * D, m.h + (s.row0 + s.m - 1) * D, sizeof(T) * D);
         }
-      if (n_sel > 0) linear_forward<T>(logits + first_feed * V, V, m.sel, D, w + m.head, n_sel, D, V, ctx);
+      if (n_sel > 0) dec_linear<T>(logits + first_feed * V, V, m.sel, D, w + m.head, n_sel, D, V, opt_.skinny_rows, ctx);
     }
     done_rows += N;
   });

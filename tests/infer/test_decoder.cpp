@@ -35,9 +35,11 @@ class CachedDecoding : public ::testing::TestWithParam<Case> {};
 
 // Sequence b prefills its first p_b tokens in one pass (all rows' logits), then decodes the rest of
 // its window one token per pass, batched with the other sequences; every row's logits must equal
-// the training forward's at that position. max_rows small forces chunked passes.
+// the training forward's at that position. max_rows small forces chunked passes. By default the
+// prefill runs through GEMM and moe_forward, the decoding steps through the few-row kernels;
+// skinny_rows 0 makes every pass use GEMM, max_rows 5 every pass the few-row kernels.
 template <class T>
-void check_cached_equals_full(const Case& cs, double tol, int64_t max_rows, MlaMode mla) {
+void check_cached_equals_full(const Case& cs, double tol, int64_t max_rows, MlaMode mla, int64_t skinny_rows = 8) {
   const Golden g(cs.golden);
   Workspace ws;
   Ctx ctx = test_ctx(&ws);
@@ -48,6 +50,7 @@ void check_cached_equals_full(const Case& cs, double tol, int64_t max_rows, MlaM
   DecoderOptions o = decoder_options(g, B);
   o.max_rows = max_rows;
   o.mla = mla;
+  o.skinny_rows = skinny_rows;
   Decoder<T> dec(g.rc.model, g.table, ps, o);
   std::vector<const int32_t*> win(B);
   std::vector<int64_t> pre(B);
@@ -78,12 +81,14 @@ void check_cached_equals_full(const Case& cs, double tol, int64_t max_rows, MlaM
     for (size_t f = 0; f < feeds.size(); ++f)
       check_row(logits.data() + f * V, feeds[f].slot, dec.cache().length(feeds[f].slot) - 1);
   }
-  std::printf("[ measured ] %s %s %s max_rows %lld: worst normwise logits error %.2e\n", cs.golden.c_str(),
-              weights_name(cs.weights), sizeof(T) == 8 ? "f64" : "f32", (long long)max_rows, worst);
+  std::printf("[ measured ] %s %s %s max_rows %lld skinny_rows %lld %s: worst normwise logits error %.2e\n",
+              cs.golden.c_str(), weights_name(cs.weights), sizeof(T) == 8 ? "f64" : "f32", (long long)max_rows,
+              (long long)skinny_rows, mla == MlaMode::naive ? "naive" : "absorbed", worst);
 }
 
 TEST_P(CachedDecoding, EqualsFullRecomputeF64) { check_cached_equals_full<double>(GetParam(), kF64, 256, MlaMode::absorbed); }
 TEST_P(CachedDecoding, EqualsFullRecomputeF64Chunked) { check_cached_equals_full<double>(GetParam(), kF64, 5, MlaMode::absorbed); }
+TEST_P(CachedDecoding, EqualsFullRecomputeF64Gemm) { check_cached_equals_full<double>(GetParam(), kF64, 256, MlaMode::absorbed, 0); }
 TEST_P(CachedDecoding, EqualsFullRecomputeF64Naive) { check_cached_equals_full<double>(GetParam(), kF64, 256, MlaMode::naive); }
 TEST_P(CachedDecoding, EqualsFullRecomputeF32) { check_cached_equals_full<float>(GetParam(), kF32, 256, MlaMode::absorbed); }
 
