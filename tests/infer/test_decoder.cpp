@@ -6,6 +6,7 @@
 // rounding through a few layers with a different grouping of the sums (measured below 2e-6 on
 // these models); 5e-5 stated.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "infer_fixtures.h"
 #include "model/batch.h"
@@ -14,6 +15,15 @@ namespace um::test {
 namespace {
 
 constexpr double kF64 = 1e-9, kF32 = 5e-5;
+
+// Every in-process test of this executable runs single-threaded (init_params and BLAS included):
+// the shapes are tiny, and on a loaded 2-core machine a thread team's spin-waits cost 100x the
+// work (see test_ctx). The binaries the CLI tests start keep their default threads.
+class SingleThreaded : public ::testing::Environment {
+ public:
+  void SetUp() override { omp_set_num_threads(1); }
+};
+const ::testing::Environment* const kSingleThreaded = ::testing::AddGlobalTestEnvironment(new SingleThreaded);
 
 struct Case {
   std::string golden;

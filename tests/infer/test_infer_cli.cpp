@@ -45,16 +45,16 @@ std::string InferCli::data_, InferCli::ckpt_;
 
 TEST_F(InferCli, CachedPrintsWhatFullRecomputePrints) {
   for (const std::string flags : {"--temperature 0", "--temperature 0.9 --top-k 40 --seed 4"}) {
-    const CmdResult full = sample("--prompt 'the cat' --max-new-tokens 30 --full-recompute " + flags);
-    const CmdResult cached = sample("--prompt 'the cat' --max-new-tokens 30 " + flags);
+    const CmdResult full = sample("--prompt 'the cat' --max-new-tokens 24 --full-recompute " + flags);
+    const CmdResult cached = sample("--prompt 'the cat' --max-new-tokens 24 " + flags);
     ASSERT_EQ(full.status, 0) << full.err;
     ASSERT_EQ(cached.status, 0) << cached.err;
     EXPECT_EQ(cached.out.rfind("the cat", 0), 0u) << cached.out;
     EXPECT_GT(cached.out.size(), std::string("the cat\n").size());
     EXPECT_EQ(cached.out, full.out) << flags;
   }
-  const CmdResult greedy = sample("--prompt 'the cat' --max-new-tokens 30 --temperature 0");
-  const CmdResult spec = sample("--prompt 'the cat' --max-new-tokens 30 --temperature 0 --speculative --stats");
+  const CmdResult greedy = sample("--prompt 'the cat' --max-new-tokens 24 --temperature 0");
+  const CmdResult spec = sample("--prompt 'the cat' --max-new-tokens 24 --temperature 0 --speculative --stats");
   ASSERT_EQ(spec.status, 0) << spec.err;
   EXPECT_EQ(spec.out, greedy.out);
   EXPECT_NE(spec.err.find("drafts accepted"), std::string::npos) << spec.err;

@@ -79,6 +79,7 @@ struct StreamPrinter {
 };
 
 void print_stats(const GenerateStats& st, bool speculative) {
+  std::fflush(stdout);  // the text first
   std::fprintf(stderr, "(prefill %lld tokens: %.1f tok/s; decode %lld tokens in %lld passes: %.1f tok/s",
                (long long)st.prompt_tokens, st.prefill_tokens_per_s(), (long long)(st.generated_tokens - st.sequences),
                (long long)st.decode_passes, st.decode_tokens_per_s());
@@ -165,6 +166,7 @@ int cmd_sample(const Args& args) {
     GenerateResult r = generate_full_recompute<float>(model, ck.ps, ids, max_new, sp, ctx, [&](int32_t id) { out.add(id); });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("\n");
+    std::fflush(stdout);
     if (r.hit_context) std::fprintf(stderr, "(stopped: the context of %lld tokens is full)\n", (long long)n_ctx);
     if (a.has("stats"))
       std::fprintf(stderr, "(full recompute: %zu tokens in %.2f s: %.1f tok/s)\n", r.tokens.size(), s,
@@ -205,6 +207,7 @@ int cmd_sample(const Args& args) {
         std::printf("%s%s", texts[b].c_str(), tok.decode(ids).c_str());
       }
       std::printf("\n");
+      std::fflush(stdout);
       if (res[b].hit_context)
         std::fprintf(stderr, "(stopped: the context of %lld tokens is full)\n", (long long)n_ctx);
     }
