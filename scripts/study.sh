@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/study}
-BIN=build/release/ultramoe
+BIN=${ULTRAMOE:-build/release/ultramoe}   # ULTRAMOE=path runs another build
 mkdir -p "$OUT"
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
 

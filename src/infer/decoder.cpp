@@ -10,6 +10,7 @@
 #include "core/arena.h"
 #include "model/batch.h"
 #include "model/ffn.h"
+#include "model/layer.h"
 #include "model/mla.h"
 #include "ops/embedding.h"
 #include "ops/gemm.h"
@@ -25,35 +26,6 @@
 namespace um {
 
 namespace {
-
-// One decoder layer's parameter offsets (the same tensors model.cpp's layers read).
-struct DecLayer {
-  int index = 0;
-  bool moe = false;
-  int64_t in_norm = -1, post_attn_norm = -1, pre_ffn_norm = -1, post_ffn_norm = -1;
-  MlaParams attn;
-  MlpParams dense;
-  MoeParams moe_p;
-
-  static DecLayer resolve(const ParamTable& t, const ModelConfig& c, int layer) {
-    const std::string pre = "model.layers." + std::to_string(layer) + ".";
-    DecLayer p;
-    p.index = layer;
-    p.moe = c.is_moe_layer(layer);
-    p.in_norm = t.at(pre + "input_layernorm.weight").offset;
-    if (c.sandwich_norm) {
-      p.post_attn_norm = t.at(pre + "post_attention_layernorm.weight").offset;
-      p.pre_ffn_norm = t.at(pre + "pre_mlp_layernorm.weight").offset;
-      p.post_ffn_norm = t.at(pre + "post_mlp_layernorm.weight").offset;
-    } else {
-      p.pre_ffn_norm = t.at(pre + "post_attention_layernorm.weight").offset;  // HF naming
-    }
-    p.attn = MlaParams::resolve(t, pre);
-    if (p.moe) p.moe_p = MoeParams::resolve(t, c, layer);
-    else p.dense = MlpParams::resolve(t, pre + "mlp.", c.intermediate_size);
-    return p;
-  }
-};
 
 // Rows [row0, row0 + m) of a chunk are positions [i0, i0 + m) of one slot.
 struct Segment {
@@ -140,7 +112,7 @@ void moe_few_rows(T* y, MoeActs<T>& a, const T* x, const T* w, const T* buffers,
 
 template <class T>
 struct Decoder<T>::Impl {
-  std::vector<DecLayer> layers;  // main layers, then the MTP layers kept
+  std::vector<LayerParams> layers;  // main layers, then the MTP layers kept
   int64_t embed = -1, final_norm = -1, head = -1;
   struct MtpP {
     int64_t enorm, hnorm, eh_proj, head_norm;
@@ -210,12 +182,14 @@ Decoder<T>::Decoder(const ModelConfig& c, const ParamTable& t, const ParamStore<
            "the decoder needs every expert in one process; the parameter table holds ", t.n_local_experts,
            " of ", c.n_routed_experts);
   UM_CHECK(c.qk_rope_head_dim % 2 == 0, "infer", "qk_rope_head_dim must be even, got ", c.qk_rope_head_dim);
+  UM_CHECK(c.rope_scaling.is_null(), "infer", "model.rope_scaling (YaRN) is not implemented; the config has ",
+           c.rope_scaling.dump());
   const int64_t L = c.num_hidden_layers, depth = opt_.mtp_depth;
   cache_ = LatentCache<T>(c, L + depth, opt_.slots, opt_.max_context);
 
   impl_ = std::make_unique<Impl>();
   Impl& m = *impl_;
-  for (int l = 0; l < L + depth; ++l) m.layers.push_back(DecLayer::resolve(t, c, l));
+  for (int l = 0; l < L + depth; ++l) m.layers.push_back(LayerParams::resolve(t, c, l));
   m.embed = t.at("model.embed_tokens.weight").offset;
   m.final_norm = t.at("model.norm.weight").offset;
   m.head = c.tie_word_embeddings ? m.embed : t.at("lm_head.weight").offset;
@@ -353,7 +327,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
   const int32_t* pos = m.row_pos.data();
   const int64_t sk = opt_.skinny_rows;
   for (int l = layer_begin; l < layer_end; ++l) {
-    const DecLayer& p = m.layers[l];
+    const LayerParams& p = m.layers[l];
     const MlaParams& a = p.attn;
     // --- attention (DESIGN 1.4) ---
     rmsnorm_forward<T>(m.a_n, D, m.rstd, m.x, D, w + p.in_norm, N, D, eps, ctx);

@@ -47,7 +47,7 @@ struct DecoderOptions {
   int64_t slots = 1;          // sequences decoded together
   int64_t max_context = 0;    // cached positions per sequence; 0 = max_position_embeddings
   int64_t max_rows = 256;     // rows per forward chunk (bounds the activation memory)
-  int64_t skinny_rows = 8;    // chunks of at most this many rows (decoding) use the few-row kernels
+  int64_t skinny_rows = 16;   // chunks of at most this many rows (decoding) use the few-row kernels
                               // (ops/skinny_linear.h) instead of GEMM; 0 = never
   bool aux_free = false;      // route with the aux-free bias (always on when the config says noaux_tc)
   int64_t mtp_depth = 0;      // MTP modules with caches, for speculative decoding (<= the model's)
@@ -76,6 +76,7 @@ enum class LogitRows : uint8_t { none, last, all };
 template <class T>
 class Decoder {
  public:
+  // The weights are read, never copied or changed: ps must outlive the decoder.
   Decoder(const ModelConfig& c, const ParamTable& table, const ParamStore<T>& ps, const DecoderOptions& o);
   ~Decoder();
   Decoder(const Decoder&) = delete;

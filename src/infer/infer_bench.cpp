@@ -125,8 +125,9 @@ int run_infer_bench(const InferBenchOptions& o) {
 
   const Measured one = measure(1, false, greedy);
   const Measured plain = measure(B, false, greedy);
-  Measured spec, plain_s, spec_s;
+  Measured spec, spec1, plain_s, spec_s;
   if (depth > 0) {
+    spec1 = measure(1, true, greedy);
     spec = measure(B, true, greedy);
     plain_s = measure(B, false, sampled);
     spec_s = measure(B, true, sampled);
@@ -162,6 +163,9 @@ int run_infer_bench(const InferBenchOptions& o) {
               {"prefill_tokens_per_s", plain.prefill_tps}, {"decode_tokens_per_s", plain.decode_tps},
               {"full_recompute_tokens_per_s", full_tps}, {"full_recompute_identical", full_identical}};
     if (depth > 0) {
+      j["spec_greedy_batch1"] = {{"acceptance", spec1.acceptance}, {"decode_tokens_per_s", spec1.decode_tps},
+                                 {"speedup", spec1.decode_tps / one.decode_tps},
+                                 {"identical_to_plain", spec1.tokens == one.tokens}};
       j["spec_greedy"] = {{"acceptance", spec.acceptance}, {"decode_tokens_per_s", spec.decode_tps},
                           {"speedup", spec.decode_tps / plain.decode_tps}, {"identical_to_plain", spec_identical},
                           {"drafted", spec.drafted}, {"accepted", spec.accepted}};
@@ -185,6 +189,11 @@ int run_infer_bench(const InferBenchOptions& o) {
     std::printf("%-34s %14s %14.1f   (%.1fx slower than cached batch 1; tokens %s)\n", "full recompute, batch 1",
                 "-", full_tps, full_tps > 0 ? one.decode_tps / full_tps : 0.0, full_identical ? "identical" : "DIFFER");
   if (depth > 0) {
+    std::printf("speculative (MTP depth %lld), batch 1:\n", (long long)depth);
+    std::printf("  greedy:  acceptance %.1f%% (%lld/%lld)  decode %.1f tok/s  speed-up %.2fx  tokens %s\n",
+                100 * spec1.acceptance, (long long)spec1.accepted, (long long)spec1.drafted, spec1.decode_tps,
+                spec1.decode_tps / one.decode_tps,
+                spec1.tokens == one.tokens ? "identical to plain greedy" : "DIFFER from plain greedy");
     std::printf("speculative (MTP depth %lld), batch %lld:\n", (long long)depth, (long long)B);
     std::printf("  greedy:  acceptance %.1f%% (%lld/%lld)  decode %.1f tok/s  speed-up %.2fx  tokens %s\n",
                 100 * spec.acceptance, (long long)spec.accepted, (long long)spec.drafted, spec.decode_tps,

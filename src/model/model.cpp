@@ -1,11 +1,12 @@
 #include "model/model.h"
 
 #include <algorithm>
-#include <optional>
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
+#include "model/layer.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -33,37 +34,29 @@ BalanceScope parse_balance_scope(const std::string& s) {
        s, "\"");
 }
 
+LayerParams LayerParams::resolve(const ParamTable& t, const ModelConfig& c, int layer) {
+  const std::string pre = "model.layers." + std::to_string(layer) + ".";
+  LayerParams p;
+  p.index = layer;
+  p.moe = c.is_moe_layer(layer);
+  p.in_norm = t.at(pre + "input_layernorm.weight").offset;
+  if (c.sandwich_norm) {
+    p.post_attn_norm = t.at(pre + "post_attention_layernorm.weight").offset;
+    p.pre_ffn_norm = t.at(pre + "pre_mlp_layernorm.weight").offset;
+    p.post_ffn_norm = t.at(pre + "post_mlp_layernorm.weight").offset;
+  } else {
+    p.pre_ffn_norm = t.at(pre + "post_attention_layernorm.weight").offset;  // HF naming
+  }
+  p.attn = MlaParams::resolve(t, pre);
+  if (p.moe) p.moe_p = MoeParams::resolve(t, c, layer);
+  else p.dense = MlpParams::resolve(t, pre + "mlp.", c.intermediate_size);
+  return p;
+}
+
 namespace {
 
 // --- one decoder layer (DESIGN 1.2) ------------------------------------------------------------
 
-struct LayerParams {
-  int index = 0;
-  bool moe = false;
-  int64_t in_norm = -1, post_attn_norm = -1, pre_ffn_norm = -1, post_ffn_norm = -1;
-  MlaParams attn;
-  MlpParams dense;
-  MoeParams moe_p;
-
-  static LayerParams resolve(const ParamTable& t, const ModelConfig& c, int layer) {
-    const std::string pre = "model.layers." + std::to_string(layer) + ".";
-    LayerParams p;
-    p.index = layer;
-    p.moe = c.is_moe_layer(layer);
-    p.in_norm = t.at(pre + "input_layernorm.weight").offset;
-    if (c.sandwich_norm) {
-      p.post_attn_norm = t.at(pre + "post_attention_layernorm.weight").offset;
-      p.pre_ffn_norm = t.at(pre + "pre_mlp_layernorm.weight").offset;
-      p.post_ffn_norm = t.at(pre + "post_mlp_layernorm.weight").offset;
-    } else {
-      p.pre_ffn_norm = t.at(pre + "post_attention_layernorm.weight").offset;  // HF naming
-    }
-    p.attn = MlaParams::resolve(t, pre);
-    if (p.moe) p.moe_p = MoeParams::resolve(t, c, layer);
-    else p.dense = MlpParams::resolve(t, pre + "mlp.", c.intermediate_size);
-    return p;
-  }
-};
 
 template <class T>
 struct LayerActs {
