@@ -1,18 +1,22 @@
 #include "ops/grouped_gemm.h"
 
+#include <algorithm>
+
 #include "ops/gemm.h"
 
 namespace um {
 
 namespace {
-// Groups of up to ~25 MFLOP per thread (measured crossover on 2 Zen 4 cores: BENCHMARKS.md) run
-// side by side, one per thread with single-threaded BLAS (OpenBLAS's OpenMP build runs
-// single-threaded inside a parallel region); larger ones one after another, every thread in BLAS.
-bool groups_in_parallel(const int32_t* offsets, int64_t n_groups, int64_t n_in, int64_t n_out,
-                        const Ctx& ctx) {
+// Run the groups side by side, one per thread with single-threaded BLAS (OpenBLAS's OpenMP build
+// runs single-threaded inside a parallel region), unless one group is larger than a thread's share
+// of the rows: then one after another, every thread in BLAS. On 2 cores (AMD EPYC) side by side is as
+// fast or faster at every group size from 4 to 270 MFLOP (BENCHMARKS.md, "Expert GEMMs"): BLAS
+// threads split small matrices badly, and dynamic scheduling balances groups of unequal size.
+bool groups_in_parallel(const int32_t* offsets, int64_t n_groups, const Ctx& ctx) {
   if (ctx.n_threads <= 1 || n_groups < ctx.n_threads) return false;
-  const double flops_per_group = 2.0 * double(offsets[n_groups]) / double(n_groups) * double(n_in * n_out);
-  return flops_per_group < 2.5e7 * ctx.n_threads;
+  int64_t largest = 0;
+  for (int64_t e = 0; e < n_groups; ++e) largest = std::max<int64_t>(largest, offsets[e + 1] - offsets[e]);
+  return largest * ctx.n_threads <= int64_t(offsets[n_groups]);
 }
 }  // namespace
 
@@ -20,7 +24,7 @@ template <class T>
 void grouped_linear_forward(T* Y, const T* X, int64_t ldx, const T* W, int64_t w_stride,
                             const int32_t* offsets, int64_t n_groups, int64_t n_in, int64_t n_out,
                             const Ctx& ctx) {
-  const bool par = groups_in_parallel(offsets, n_groups, n_in, n_out, ctx);
+  const bool par = groups_in_parallel(offsets, n_groups, ctx);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx.n_threads) if (par)
   for (int64_t e = 0; e < n_groups; ++e) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
@@ -34,7 +38,7 @@ template <class T>
 void grouped_linear_backward(T* dX, T* dW, const T* dY, const T* X, int64_t ldx, const T* W,
                              int64_t w_stride, const int32_t* offsets, int64_t n_groups,
                              int64_t n_in, int64_t n_out, const Ctx& ctx) {
-  const bool par = groups_in_parallel(offsets, n_groups, n_in, n_out, ctx);
+  const bool par = groups_in_parallel(offsets, n_groups, ctx);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx.n_threads) if (par)
   for (int64_t e = 0; e < n_groups; ++e) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;

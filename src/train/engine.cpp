@@ -1,6 +1,7 @@
 #include "train/engine.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "train/step.h"
 
@@ -14,10 +15,22 @@ void check_layout(const RunConfig& rc, int W) {
              rc.train.imbalance_devices, " does not divide n_routed_experts=", rc.model.n_routed_experts);
 }
 
+void warn_moge_devices(const RunConfig& rc, int rank) {
+  const ModelConfig& m = rc.model;
+  const int64_t devices = rc.parallel.ep > 1 ? rc.parallel.ep : rc.train.imbalance_devices;
+  if (rank != 0 || m.topk_method != TopkMethod::moge || devices <= 1 || m.n_group % devices == 0) return;
+  std::fprintf(stderr,
+               "ultramoe: warning: MoGE balances devices only when their number divides n_group; %lld devices "
+               "(%s) do not divide n_group=%lld, so device loads can differ (DESIGN 1.5)\n",
+               (long long)devices, rc.parallel.ep > 1 ? "parallel.ep" : "train.imbalance_devices",
+               (long long)m.n_group);
+}
+
 Engine::Engine(const RunConfig& config, Comm& w)
     : rc(config), world(&w), W(w.size()), rank(w.rank()), ep(int(config.parallel.ep)),
       layout(w, int(config.parallel.ep), int(config.parallel.ranks_per_node)) {
   check_layout(rc, W);
+  warn_moge_devices(rc, rank);
   const TrainConfig& tc = rc.train;
   groups = W > 1 ? layout.groups() : StepGroups{};
   if (ep > 1) comms.ep = layout.ep.get();

@@ -33,5 +33,8 @@ struct Engine {
 
 // Collects the shared checks of a run config against a world of W ranks.
 void check_layout(const RunConfig& rc, int W);
+// A MoGE model whose device count (parallel.ep, or train.imbalance_devices in one process) does
+// not divide n_group: one line on stderr from rank 0 (DESIGN 1.5: IS = 0 is not guaranteed).
+void warn_moge_devices(const RunConfig& rc, int rank);
 
 }  // namespace um

@@ -182,6 +182,21 @@ TEST_F(TrainCli, SigtermFinishesTheStepAndCheckpoints) {
   EXPECT_TRUE(fs::exists(out + name + "/model.safetensors")) << name;
 }
 
+// MoGE guarantees equal device loads only when the device count divides n_group (DESIGN 1.5):
+// the run says so once on stderr and goes on; a dividing count says nothing.
+TEST_F(TrainCli, MogeWarnsWhenDevicesDoNotDivideGroups) {
+  const std::string moge = " --set model.topk_method=moge --set model.n_group=2 --set model.scoring_func=softmax"
+                           " --set model.routed_scaling_factor=1 --set model.norm_topk_prob=false"
+                           " --set train.steps=1 --set train.decay_steps=4";
+  const CmdResult bad = run_cmd(train_cmd(dir_.path + "/four", moge + " --set train.imbalance_devices=4"), dir_.path);
+  EXPECT_EQ(bad.status, 0) << bad.err;
+  EXPECT_NE(bad.err.find("warning: MoGE balances devices only when their number divides n_group; 4 devices"),
+            std::string::npos) << bad.err;
+  const CmdResult good = run_cmd(train_cmd(dir_.path + "/two", moge + " --set train.imbalance_devices=2"), dir_.path);
+  EXPECT_EQ(good.status, 0) << good.err;
+  EXPECT_EQ(good.err.find("warning"), std::string::npos) << good.err;
+}
+
 TEST_F(TrainCli, BadInputGivesOneClearError) {
   const std::string out = dir_.path + "/run";
   const std::string cfg = dir_.path + "/bad.json";
