@@ -185,9 +185,13 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
     }
     if (g.edp && g.edp->size() > 1)
       g.edp->all_reduce(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, dt, ReduceOp::sum);
+    comm.reset();  // the norm is the optimizer's work
     double parts[2] = {sum_squares<T>(grad, n_dense, ctx),
                        sum_squares<T>(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, ctx)};
-    if (g.ep && g.ep->size() > 1) g.ep->all_reduce(&parts[1], 1, DType::f64, ReduceOp::sum);  // each expert once
+    if (g.ep && g.ep->size() > 1) {
+      comm.emplace(ctx.prof, Phase::communication);
+      g.ep->all_reduce(&parts[1], 1, DType::f64, ReduceOp::sum);  // each expert once
+    }
     ss = parts[0] + parts[1];
   } else {
     // ZeRO-1: reduce-scatter into this rank's shards; each shard's elements counted once
@@ -203,9 +207,13 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
       g.edp->reduce_scatter(grad + expert_base, shard.data(), echunk, dt, ReduceOp::sum);
       std::copy(shard.begin(), shard.end(), grad + opt.expert_begin);
     }
+    comm.reset();
     double part = sum_squares<T>(grad + opt.dense_begin, dchunk, ctx) +
                   sum_squares<T>(grad + opt.expert_begin, echunk, ctx);
-    if (g.world && g.world->size() > 1) g.world->all_reduce(&part, 1, DType::f64, ReduceOp::sum);
+    if (g.world && g.world->size() > 1) {
+      comm.emplace(ctx.prof, Phase::communication);
+      g.world->all_reduce(&part, 1, DType::f64, ReduceOp::sum);
+    }
     ss = part;
   }
   comm.reset();
