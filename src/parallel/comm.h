@@ -22,9 +22,13 @@ class Request {
   struct Impl {
     virtual ~Impl() = default;
     virtual void wait() = 0;
+    // Called once the request has completed, instead of delete: a communicator that pools its
+    // request objects (so a steady-state step allocates nothing) takes it back here.
+    virtual void release() { delete this; }
   };
   Request() = default;
-  explicit Request(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  explicit Request(std::unique_ptr<Impl> impl) : impl_(impl.release()) {}
+  explicit Request(Impl* pooled) : impl_(pooled) {}
   Request(Request&&) noexcept = default;
   Request& operator=(Request&& o) noexcept {
     if (this != &o) {
@@ -42,7 +46,10 @@ class Request {
   }
 
  private:
-  std::unique_ptr<Impl> impl_;
+  struct Release {
+    void operator()(Impl* p) const { p->release(); }
+  };
+  std::unique_ptr<Impl, Release> impl_;
 };
 
 class Comm {

@@ -59,10 +59,12 @@ struct MpiRequest final : Request::Impl {
   MPI_Request req = MPI_REQUEST_NULL;
   std::vector<int> counts;  // int copies of the counts/offsets, alive until completion
   double* busy = nullptr;
+  std::vector<MpiRequest*>* free_list = nullptr;  // the owning communicator's pool
   void wait() override {
     Busy b(*busy);
     check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
   }
+  void release() override { free_list->push_back(this); }
 };
 
 class MpiComm final : public Comm {
@@ -101,10 +103,10 @@ class MpiComm final : public Comm {
   }
   void all_to_all_v(const void* send, const int64_t* sc, const int64_t* so, void* recv, const int64_t* rc,
                     const int64_t* ro, DType t) override {
-    std::vector<int> c = int_counts(sc, so, rc, ro);
+    int_counts(counts_, sc, so, rc, ro);
+    const int* c = counts_.data();
     Busy b(busy_seconds_);
-    check(MPI_Alltoallv(send, c.data(), c.data() + size_, mpi_type(t), recv, c.data() + 2 * size_,
-                        c.data() + 3 * size_, mpi_type(t), comm_),
+    check(MPI_Alltoallv(send, c, c + size_, mpi_type(t), recv, c + 2 * size_, c + 3 * size_, mpi_type(t), comm_),
           "MPI_Alltoallv");
   }
   void send(const void* buf, int64_t n, DType t, int dst, int tag) override {
@@ -121,50 +123,65 @@ class MpiComm final : public Comm {
   }
 
   Request iall_reduce(void* buf, int64_t n, DType t, ReduceOp op) override {
-    auto r = std::make_unique<MpiRequest>();
-    r->busy = &busy_seconds_;
+    MpiRequest* r = acquire();
     check(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all_reduce"), mpi_type(t), mpi_op(op), comm_, &r->req),
           "MPI_Iallreduce");
-    return Request(std::move(r));
+    return Request(r);
   }
   Request iall_to_all_v(const void* send, const int64_t* sc, const int64_t* so, void* recv, const int64_t* rc,
                         const int64_t* ro, DType t) override {
-    auto r = std::make_unique<MpiRequest>();
-    r->busy = &busy_seconds_;
-    r->counts = int_counts(sc, so, rc, ro);
+    MpiRequest* r = acquire();
+    int_counts(r->counts, sc, so, rc, ro);
     const int* c = r->counts.data();
     check(MPI_Ialltoallv(send, c, c + size_, mpi_type(t), recv, c + 2 * size_, c + 3 * size_, mpi_type(t), comm_,
                          &r->req),
           "MPI_Ialltoallv");
-    return Request(std::move(r));
+    return Request(r);
   }
   Request isend(const void* buf, int64_t n, DType t, int dst, int tag) override {
-    auto r = std::make_unique<MpiRequest>();
-    r->busy = &busy_seconds_;
+    MpiRequest* r = acquire();
     check(MPI_Isend(buf, as_int(n, "send"), mpi_type(t), dst, tag, comm_, &r->req), "MPI_Isend");
-    return Request(std::move(r));
+    return Request(r);
   }
   Request irecv(void* buf, int64_t n, DType t, int src, int tag) override {
-    auto r = std::make_unique<MpiRequest>();
-    r->busy = &busy_seconds_;
+    MpiRequest* r = acquire();
     check(MPI_Irecv(buf, as_int(n, "recv"), mpi_type(t), src, tag, comm_, &r->req), "MPI_Irecv");
-    return Request(std::move(r));
+    return Request(r);
   }
 
  private:
-  std::vector<int> int_counts(const int64_t* sc, const int64_t* so, const int64_t* rc, const int64_t* ro) const {
-    std::vector<int> c(4 * size_);
+  // A request object from the pool; new ones only until the pool covers a step's requests.
+  MpiRequest* acquire() {
+    if (free_.empty()) {
+      all_.push_back(std::make_unique<MpiRequest>());
+      all_.back()->busy = &busy_seconds_;
+      all_.back()->free_list = &free_;
+      free_.reserve(all_.size());
+      return all_.back().get();
+    }
+    MpiRequest* r = free_.back();
+    free_.pop_back();
+    r->req = MPI_REQUEST_NULL;
+    return r;
+  }
+  void int_counts(std::vector<int>& c, const int64_t* sc, const int64_t* so, const int64_t* rc,
+                  const int64_t* ro) const {
+    c.resize(4 * size_);
     for (int i = 0; i < size_; ++i) {
       c[i] = as_int(sc[i], "all_to_all_v");
       c[size_ + i] = as_int(so[i], "all_to_all_v");
       c[2 * size_ + i] = as_int(rc[i], "all_to_all_v");
       c[3 * size_ + i] = as_int(ro[i], "all_to_all_v");
     }
-    return c;
   }
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
+  std::vector<int> counts_;                         // all_to_all_v's int counts, reused
+  // Request objects: owned here, lent to Request and returned by MpiRequest::release. Requests
+  // must complete before their communicator is destroyed (they always do within a step).
+  std::vector<std::unique_ptr<MpiRequest>> all_;
+  std::vector<MpiRequest*> free_;
 };
 
 Runtime* g_runtime = nullptr;

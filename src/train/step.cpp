@@ -1,8 +1,10 @@
 #include "train/step.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "ops/optim.h"
 
@@ -114,11 +116,18 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
   out.pending.clear();
   out.pending_elements = 0;
   out.reduce_started = overlap;
+  // What the hook needs, behind one pointer: a lambda that captures 8 bytes fits std::function's
+  // small buffer, so setting the hook does not allocate.
+  struct Reduce {
+    StepOutcome* out;
+    Comm* world;
+    T* grad;
+  } reduce{&out, g.world, ps.g.data()};
   for (int64_t first = 0; first < n_local; first += m) {
     if (overlap && first + m >= n_local)  // the last micro-batch: its finished ranges are final
-      sc.on_grads_ready = [&](int64_t b, int64_t e) {
-        out.pending.push_back(g.world->iall_reduce(ps.g.data() + b, e - b, dtype_of<T>(), ReduceOp::sum));
-        out.pending_elements += e - b;
+      sc.on_grads_ready = [r = &reduce](int64_t b, int64_t e) {
+        r->out->pending.push_back(r->world->iall_reduce(r->grad + b, e - b, dtype_of<T>(), ReduceOp::sum));
+        r->out->pending_elements += e - b;
       };
     const MicroResult& r = model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx);
     ce_main += r.ce_main;
@@ -155,6 +164,18 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
   out.loss_total = out.loss + out.loss_mtp + out.loss_bal + out.loss_z;
   sc.on_grads_ready = nullptr;
 }
+
+namespace {
+// ZeRO-1's staging buffer for one shard: grows once, then reused every step.
+template <class T>
+T* zero_scratch(StepOutcome& out, int64_t elements) {
+  std::vector<T>* b;
+  if constexpr (std::is_same_v<T, float>) b = &out.scratch.shard_f;
+  else b = &out.scratch.shard_d;
+  if (b->size() < size_t(elements)) b->resize(size_t(elements));
+  return b->data();
+}
+}  // namespace
 
 template <class T>
 void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
@@ -196,16 +217,15 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   } else {
     // ZeRO-1: reduce-scatter into this rank's shards; each shard's elements counted once
     const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
+    T* shard = zero_scratch<T>(out, std::max(dchunk, echunk));
     if (g.world && g.world->size() > 1) {
-      std::vector<T> shard(dchunk);
-      g.world->reduce_scatter(grad, shard.data(), dchunk, dt, ReduceOp::sum);
-      std::copy(shard.begin(), shard.end(), grad + opt.dense_begin);
+      g.world->reduce_scatter(grad, shard, dchunk, dt, ReduceOp::sum);
+      std::copy(shard, shard + dchunk, grad + opt.dense_begin);
     }
     if (g.edp && g.edp->size() > 1) {
-      std::vector<T> shard(echunk);
       const int64_t expert_base = opt.expert_begin - g.edp->rank() * echunk;
-      g.edp->reduce_scatter(grad + expert_base, shard.data(), echunk, dt, ReduceOp::sum);
-      std::copy(shard.begin(), shard.end(), grad + opt.expert_begin);
+      g.edp->reduce_scatter(grad + expert_base, shard, echunk, dt, ReduceOp::sum);
+      std::copy(shard, shard + echunk, grad + opt.expert_begin);
     }
     comm.reset();
     double part = sum_squares<T>(grad + opt.dense_begin, dchunk, ctx) +
@@ -233,13 +253,14 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   if (opt.zero) {  // every rank gets the updated weights of every shard
     PhaseTimer gather(ctx.prof, Phase::communication);
     const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
+    T* mine = zero_scratch<T>(out, std::max(dchunk, echunk));
     if (g.world && g.world->size() > 1) {
-      std::vector<T> mine(ps.w.data() + opt.dense_begin, ps.w.data() + opt.dense_end);
-      g.world->all_gather(mine.data(), ps.w.data(), dchunk, dt);
+      std::copy(ps.w.data() + opt.dense_begin, ps.w.data() + opt.dense_end, mine);
+      g.world->all_gather(mine, ps.w.data(), dchunk, dt);
     }
     if (g.edp && g.edp->size() > 1) {
-      std::vector<T> mine(ps.w.data() + opt.expert_begin, ps.w.data() + opt.expert_end);
-      g.edp->all_gather(mine.data(), ps.w.data() + opt.expert_begin - g.edp->rank() * echunk, echunk, dt);
+      std::copy(ps.w.data() + opt.expert_begin, ps.w.data() + opt.expert_end, mine);
+      g.edp->all_gather(mine, ps.w.data() + opt.expert_begin - g.edp->rank() * echunk, echunk, dt);
     }
   }
   if (tc.aux_free || c.aux_free_bias) {  // loads already summed over the world: same on every rank

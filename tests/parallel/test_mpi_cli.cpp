@@ -70,6 +70,20 @@ TEST_F(MpiCli, LaunchedJobMatchesOneProcessAndResumesOnOtherRankCounts) {
   expect_close_losses(train_lines(two + "/metrics.jsonl"), train_lines(one + "/metrics.jsonl"), 2e-4);
 }
 
+// The distributed steady-state step allocates nothing either: expert parallelism, ZeRO-1's
+// reduce-scatter and all-gather, the overlapped gradient all-reduce (rank 0's count).
+TEST_F(MpiCli, DistributedStepDoesNotAllocate) {
+  for (const std::string layout : {" --set parallel.ep=1", " --set parallel.ep=2",
+                                   " --set parallel.ep=2 --set parallel.zero=1", " --set parallel.zero=1"}) {
+    CmdResult r = run_cmd(mpirun(2) + bin() + " bench --config " + tiny_config() + tiny_overrides() +
+                              " --set train.batch_size=8" + layout + " --steps 2 --warmup 2 --json", dir_.path);
+    ASSERT_EQ(r.status, 0) << r.err;
+    json j = json::parse(r.out);
+    EXPECT_EQ(j["ranks"].get<int>(), 2);
+    EXPECT_EQ(j["allocations_per_step"].get<double>(), 0.0) << layout;
+  }
+}
+
 TEST_F(MpiCli, AFailingRankEndsTheJob) {
   const auto t0 = std::chrono::steady_clock::now();
   CmdResult r = run_cmd("ULTRAMOE_FAILPOINT=train.step:2@1 timeout 120 " + mpirun(2) +
