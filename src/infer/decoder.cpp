@@ -315,6 +315,24 @@ void attend_naive(T* o, const T* q, const std::vector<Segment>& segs, const Late
 // Runs the chunk's rows (impl_->x holds their layer input, segs and row_pos describe them)
 // through layers [layer_begin, layer_end); the output is left in impl_->x.
 template <class T>
+void Decoder<T>::head_logits(LogitRows which, T* logits, int64_t done_rows, int64_t N, const Ctx& ctx) {
+  Impl& m = *impl_;
+  const T* w = ps_.w.data();
+  const int64_t D = cfg_.hidden_size, V = cfg_.vocab_size;
+  if (which == LogitRows::all) {
+    dec_linear<T>(logits + done_rows * V, V, m.h, D, w + m.head, N, D, V, opt_.skinny_rows, ctx);
+  } else if (which == LogitRows::last) {
+    int64_t n_sel = 0, first_feed = -1;
+    for (const Segment& s : m.segs)
+      if (s.ends_feed) {
+        if (first_feed < 0) first_feed = s.feed;
+        std::memcpy(m.sel + n_sel++ * D, m.h + (s.row0 + s.m - 1) * D, sizeof(T) * D);
+      }
+    if (n_sel > 0) dec_linear<T>(logits + first_feed * V, V, m.sel, D, w + m.head, n_sel, D, V, opt_.skinny_rows, ctx);
+  }
+}
+
+template <class T>
 void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
   Impl& m = *impl_;
   const ModelConfig& c = cfg_;
@@ -473,17 +491,7 @@ void Decoder<T>::forward(const std::vector<Feed>& feeds, LogitRows which, T* log
     if (opt_.mtp_depth > 0)
       for (const Segment& s : m.segs)
         std::memcpy(m.hist_row(0, s.slot, s.i0), m.h + s.row0 * D, sizeof(T) * s.m * D);
-    if (which == LogitRows::all) {
-      dec_linear<T>(logits + done_rows * V, V, m.h, D, w + m.head, N, D, V, opt_.skinny_rows, ctx);
-    } else if (which == LogitRows::last) {
-      int64_t n_sel = 0, first_feed = -1;
-      for (const Segment& s : m.segs)
-        if (s.ends_feed) {
-          if (first_feed < 0) first_feed = s.feed;
-          std::memcpy(m.sel + n_sel++ * D, m.h + (s.row0 + s.m - 1) * D, sizeof(T) * D);
-        }
-      if (n_sel > 0) dec_linear<T>(logits + first_feed * V, V, m.sel, D, w + m.head, n_sel, D, V, opt_.skinny_rows, ctx);
-    }
+    head_logits(which, logits, done_rows, N, ctx);
     done_rows += N;
   });
 }
@@ -536,17 +544,7 @@ void Decoder<T>::mtp_forward(int k, const std::vector<MtpFeed>& feeds, LogitRows
     if (k < opt_.mtp_depth)
       for (const Segment& s : m.segs)
         std::memcpy(m.hist_row(k, s.slot, s.i0), m.h + s.row0 * D, sizeof(T) * s.m * D);
-    if (which == LogitRows::all) {
-      dec_linear<T>(logits + done_rows * V, V, m.h, D, w + m.head, N, D, V, opt_.skinny_rows, ctx);
-    } else if (which == LogitRows::last) {
-      int64_t n_sel = 0, first_feed = -1;
-      for (const Segment& s : m.segs)
-        if (s.ends_feed) {
-          if (first_feed < 0) first_feed = s.feed;
-          std::memcpy(m.sel + n_sel++ * D, m.h + (s.row0 + s.m - 1) * D, sizeof(T) * D);
-        }
-      if (n_sel > 0) dec_linear<T>(logits + first_feed * V, V, m.sel, D, w + m.head, n_sel, D, V, opt_.skinny_rows, ctx);
-    }
+    head_logits(which, logits, done_rows, N, ctx);
     done_rows += N;
   });
   for (size_t f = 0; f < feeds.size(); ++f) cache_.set_mtp_length(k, slot[f], first[f] + n[f]);

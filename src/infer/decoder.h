@@ -112,6 +112,9 @@ class Decoder {
  private:
   struct Impl;
   void run_chunk(int layer_begin, int layer_end, const Ctx& ctx);
+  // The LM head over the chunk's N normalised rows (impl's h): every row's logits at row
+  // done_rows of `logits`, or only the last row of each feed, at the feed's index.
+  void head_logits(LogitRows which, T* logits, int64_t done_rows, int64_t N, const Ctx& ctx);
   ModelConfig cfg_;
   DecoderOptions opt_;
   const ParamStore<T>& ps_;
