@@ -47,6 +47,11 @@ run dssn_tiny   configs/study/deep.json
 run dssn_small  configs/study/deep.json --set model.init=small
 run preln_tiny  configs/study/deep.json --set model.sandwich_norm=false
 run preln_small configs/study/deep.json --set model.sandwich_norm=false --set model.init=small
+# the same four arms with a second seed (initial weights and data order)
+run dssn_tiny_s2   configs/study/deep.json --set train.seed=2
+run dssn_small_s2  configs/study/deep.json --set train.seed=2 --set model.init=small
+run preln_tiny_s2  configs/study/deep.json --set train.seed=2 --set model.sandwich_norm=false
+run preln_small_s2 configs/study/deep.json --set train.seed=2 --set model.sandwich_norm=false --set model.init=small
 
 # --- 2. balancing: none, micro-batch, EP-group (2 ranks, ep 2), aux-loss-free -----------------
 run     bal_none        configs/study/balance.json --set train.balance_alpha=0

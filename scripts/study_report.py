@@ -29,7 +29,8 @@ def tail(xs, n=100):
 def stability(root):
     print("| run | final val loss | grad spikes (rate) | loss spikes (rate) | skipped | max grad norm |")
     print("|---|---|---|---|---|---|")
-    for r in ["dssn_tiny", "dssn_small", "preln_tiny", "preln_small"]:
+    for r in ["dssn_tiny", "dssn_small", "preln_tiny", "preln_small",
+              "dssn_tiny_s2", "dssn_small_s2", "preln_tiny_s2", "preln_small_s2"]:
         d = os.path.join(root, r)
         if not os.path.exists(os.path.join(d, "metrics.jsonl")):
             continue
