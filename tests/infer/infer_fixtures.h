@@ -100,6 +100,17 @@ inline Ctx test_ctx(Workspace* ws) {
   return c;
 }
 
+// One golden config with test weights and a single-threaded context, as most tests start:
+//   Loaded<double> L(name, Weights::sharp); auto& [g, ws, ctx, ps] = L;
+template <class T>
+struct Loaded {
+  Golden g;
+  Workspace ws;
+  Ctx ctx;
+  ParamStore<T> ps;
+  Loaded(const std::string& name, Weights w) : g(name), ctx(test_ctx(&ws)), ps(g.table) { make_weights(g, w, ps); }
+};
+
 inline const std::vector<std::string>& golden_names() {
   static const std::vector<std::string> names = {"tiny_dssn", "tiny_grouped", "tiny_moge", "tiny_preln"};
   return names;

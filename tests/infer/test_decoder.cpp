@@ -50,11 +50,8 @@ class CachedDecoding : public ::testing::TestWithParam<Case> {};
 // skinny_rows 0 makes every pass use GEMM, max_rows 5 every pass the few-row kernels.
 template <class T>
 void check_cached_equals_full(const Case& cs, double tol, int64_t max_rows, MlaMode mla, int64_t skinny_rows = 8) {
-  const Golden g(cs.golden);
-  Workspace ws;
-  Ctx ctx = test_ctx(&ws);
-  ParamStore<T> ps(g.table);
-  make_weights(g, cs.weights, ps);
+  Loaded<T> loaded(cs.golden, cs.weights);
+  auto& [g, ws, ctx, ps] = loaded;
   const Capture<T> ref = reference_forward(g, ps, ctx);
   const int64_t B = g.B, Tn = g.T, V = g.rc.model.vocab_size;
   DecoderOptions o = decoder_options(g, B);
@@ -108,11 +105,8 @@ INSTANTIATE_TEST_SUITE_P(Golden, CachedDecoding, ::testing::ValuesIn(all_cases()
 // same cached rows: prefill, then decoding steps.
 TEST(AbsorbedMla, EqualsNaiveAttention) {
   for (const std::string& name : golden_names()) {
-    const Golden g(name);
-    Workspace ws;
-    Ctx ctx = test_ctx(&ws);
-    ParamStore<double> ps(g.table);
-    make_weights(g, Weights::sharp, ps);
+    Loaded<double> loaded(name, Weights::sharp);
+    auto& [g, ws, ctx, ps] = loaded;
     const int64_t depth = g.rc.model.num_nextn_predict_layers, B = 2, V = g.rc.model.vocab_size;
     DecoderOptions oa = decoder_options(g, B, depth), on = oa;
     on.mla = MlaMode::naive;
@@ -161,11 +155,8 @@ TEST(AbsorbedMla, EqualsNaiveAttention) {
 TEST(MtpCache, ModuleLogitsEqualTrainingF64) {
   for (const char* name : {"tiny_dssn", "tiny_grouped", "tiny_moge"}) {
     for (Weights wk : {Weights::golden, Weights::sharp}) {
-      const Golden g(name);
-      Workspace ws;
-      Ctx ctx = test_ctx(&ws);
-      ParamStore<double> ps(g.table);
-      make_weights(g, wk, ps);
+      Loaded<double> loaded(name, wk);
+      auto& [g, ws, ctx, ps] = loaded;
       const Capture<double> ref = reference_forward(g, ps, ctx);
       const int64_t B = g.B, Tn = g.T, V = g.rc.model.vocab_size, depth = g.rc.model.num_nextn_predict_layers;
       Decoder<double> dec(g.rc.model, g.table, ps, decoder_options(g, B, depth));
@@ -197,11 +188,8 @@ TEST(MtpCache, ModuleLogitsEqualTrainingF64) {
 // A prompt holding EOS: the positions after it restart at 0 and attend only to their own
 // document, as in training (the golden windows hold several documents; this one is built).
 TEST(Documents, InsideAPromptAsInTrainingF64) {
-  const Golden g("tiny_dssn");
-  Workspace ws;
-  Ctx ctx = test_ctx(&ws);
-  ParamStore<double> ps(g.table);
-  make_weights(g, Weights::sharp, ps);
+  Loaded<double> loaded("tiny_dssn", Weights::sharp);
+  auto& [g, ws, ctx, ps] = loaded;
   const int64_t Tn = g.T, V = g.rc.model.vocab_size;
   std::vector<int32_t> window(Tn + 1);
   for (int64_t i = 0; i <= Tn; ++i) window[i] = int32_t(8 + (i * 7) % (V - 8));

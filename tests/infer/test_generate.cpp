@@ -34,11 +34,8 @@ std::vector<std::vector<int32_t>> tokens_of(const std::vector<GenerateResult>& r
 // sampled decoding, stopping at the same place (EOS, max tokens or the context).
 TEST(Generate, CachedEqualsFullRecomputeF64) {
   for (const std::string& name : golden_names()) {
-    const Golden g(name);
-    Workspace ws;
-    Ctx ctx = test_ctx(&ws);
-    ParamStore<double> ps(g.table);
-    make_weights(g, Weights::sharp, ps);
+    Loaded<double> loaded(name, Weights::sharp);
+    auto& [g, ws, ctx, ps] = loaded;
     Model<double> model(g.rc.model, g.table, {1, g.T, g.rc.train.balance_scope, 0, g.rc.train.aux_free});
     Decoder<double> dec(g.rc.model, g.table, ps, decoder_options(g, 1));
     for (double temp : {0.0, 1.0}) {
@@ -65,11 +62,8 @@ TEST(Generate, CachedEqualsFullRecomputeF64) {
 // stream keyed by its sequence id), in plain and speculative mode.
 TEST(Generate, BatchedEqualsOneAtATimeF64) {
   for (const std::string& name : golden_names()) {
-    const Golden g(name);
-    Workspace ws;
-    Ctx ctx = test_ctx(&ws);
-    ParamStore<double> ps(g.table);
-    make_weights(g, Weights::sharp, ps);
+    Loaded<double> loaded(name, Weights::sharp);
+    auto& [g, ws, ctx, ps] = loaded;
     const int64_t depth = g.rc.model.num_nextn_predict_layers;
     const auto prompts = make_prompts(g, {3, 1, 8, 5});
     const int64_t B = int64_t(prompts.size());
@@ -100,11 +94,8 @@ TEST(Generate, BatchedEqualsOneAtATimeF64) {
 TEST(Speculative, GreedyEqualsPlainGreedyF64) {
   for (const char* name : {"tiny_dssn", "tiny_grouped", "tiny_moge"}) {
     for (Weights wk : {Weights::sharp, Weights::mirror}) {
-      const Golden g(name);
-      Workspace ws;
-      Ctx ctx = test_ctx(&ws);
-      ParamStore<double> ps(g.table);
-      make_weights(g, wk, ps);
+      Loaded<double> loaded(name, wk);
+      auto& [g, ws, ctx, ps] = loaded;
       const int64_t depth = g.rc.model.num_nextn_predict_layers;
       const auto prompts = make_prompts(g, {2, 6, 1});
       Decoder<double> plain(g.rc.model, g.table, ps, decoder_options(g, 3));
@@ -141,11 +132,8 @@ TEST(Speculative, GreedyEqualsPlainGreedyF64) {
 // first token). Mirror weights so that drafts are often accepted and both branches of the rule
 // run. Compared by total variation distance against p itself.
 TEST(Speculative, SampledFollowsTheTargetDistributionF64) {
-  const Golden g("tiny_grouped");
-  Workspace ws;
-  Ctx ctx = test_ctx(&ws);
-  ParamStore<double> ps(g.table);
-  make_weights(g, Weights::mirror, ps);
+  Loaded<double> loaded("tiny_grouped", Weights::mirror);
+  auto& [g, ws, ctx, ps] = loaded;
   const int64_t V = g.rc.model.vocab_size;
   const auto prompt = make_prompts(g, {4})[0];
   Decoder<double> spec(g.rc.model, g.table, ps, decoder_options(g, 1, 1));
