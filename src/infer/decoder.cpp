@@ -385,13 +385,17 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
       (*attn_capture_)[l].assign(m.att, m.att + N * D);
     }
     // --- residual, FFN, residual (DESIGN 1.2) ---
-    if (c.sandwich_norm) {
-      rmsnorm_forward<T>(m.x_mid, D, m.rstd, m.att, D, w + p.post_attn_norm, N, D, eps, ctx);
-      add_inplace<T>(m.x_mid, m.x, N * D, ctx);
-    } else {
-      std::memcpy(m.x_mid, m.x, sizeof(T) * N * D);
-      add_inplace<T>(m.x_mid, m.att, N * D, ctx);
-    }
+    // out = h + post_norm(sub) with sandwich norm (the post norm at offset `norm`), h + sub without
+    auto residual = [&](T* out, const T* h, const T* sub, int64_t norm) {
+      if (c.sandwich_norm) {
+        rmsnorm_forward<T>(out, D, m.rstd, sub, D, w + norm, N, D, eps, ctx);
+        add_inplace<T>(out, h, N * D, ctx);
+      } else {
+        std::memcpy(out, h, sizeof(T) * N * D);
+        add_inplace<T>(out, sub, N * D, ctx);
+      }
+    };
+    residual(m.x_mid, m.x, m.att, p.post_attn_norm);
     rmsnorm_forward<T>(m.f_n, D, m.rstd, m.x_mid, D, w + p.pre_ffn_norm, N, D, eps, ctx);
     const bool use_bias = opt_.aux_free || c.aux_free_bias;
     if (p.moe && N <= sk) {
@@ -409,13 +413,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
     } else {
       mlp_forward<T>(m.ffn, false, m.mlp, m.f_n, w, p.dense, N, D, ctx);
     }
-    if (c.sandwich_norm) {
-      rmsnorm_forward<T>(m.x2, D, m.rstd, m.ffn, D, w + p.post_ffn_norm, N, D, eps, ctx);
-      add_inplace<T>(m.x2, m.x_mid, N * D, ctx);
-    } else {
-      std::memcpy(m.x2, m.x_mid, sizeof(T) * N * D);
-      add_inplace<T>(m.x2, m.ffn, N * D, ctx);
-    }
+    residual(m.x2, m.x_mid, m.ffn, p.post_ffn_norm);
     std::swap(m.x, m.x2);
   }
 }
