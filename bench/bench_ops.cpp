@@ -28,11 +28,11 @@ double measure_sgemm_gflops() {
   const int n = 2048;
   auto a = random_vec(n * n, 1), b = random_vec(n * n, 2);
   std::vector<float> c(n * n);
-  gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);  // warm-up
+  cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);  // warm-up
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     auto t0 = std::chrono::steady_clock::now();
-    gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    cpu::gemm<float>(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, 2.0 * n * n * n / s / 1e9);
   }
@@ -45,7 +45,7 @@ void BM_Linear(benchmark::State& state) {
   auto x = random_vec(N * n_in, 3), W = random_vec(n_out * n_in, 4);
   std::vector<float> y(N * n_out);
   for (auto _ : state)
-    gemm<float>(false, true, N, n_out, n_in, 1.f, x.data(), n_in, W.data(), n_in, 0.f, y.data(), n_out);
+    cpu::gemm<float>(false, true, N, n_out, n_in, 1.f, x.data(), n_in, W.data(), n_in, 0.f, y.data(), n_out);
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * N * n_in * n_out * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_Linear)->Args({4096, 512, 512})->Args({4096, 512, 8192})->Args({4096, 2048, 512})->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -106,7 +106,7 @@ void BM_GroupedStrategy(benchmark::State& state) {
   Workspace ws;
   Ctx ctx = Ctx::cpu(&ws);
   auto one = [&](int64_t e) {
-    gemm<float>(false, true, rows, n_out, n_in, 1.f, x.data() + e * rows * n_in, n_in, W.data() + e * n_out * n_in,
+    cpu::gemm<float>(false, true, rows, n_out, n_in, 1.f, x.data() + e * rows * n_in, n_in, W.data() + e * n_out * n_in,
                 n_in, 0.f, y.data() + e * rows * n_out, n_out);
   };
   for (auto _ : state) {

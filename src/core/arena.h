@@ -1,4 +1,6 @@
 // Arena: one allocation, bumped. Activations of a step live here; nothing is freed piecemeal.
+// The allocation lives on the Arena's device (core/device.h): pointers it hands out are device
+// pointers, for ops only.
 // A counting arena (no backing memory) measures what a layout needs, so buffers can be sized
 // once, before the first step, and the steady-state step never allocates:
 //     Arena probe = Arena::counting();  layout(probe);
@@ -10,6 +12,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "core/device.h"
 #include "core/error.h"
 
 namespace um {
@@ -19,12 +22,8 @@ class Arena {
   static constexpr size_t kAlign = 64;  // a cache line; also AVX-512 friendly
 
   Arena() = default;
-  explicit Arena(size_t capacity) : capacity_(round_up(capacity)) {
-    if (capacity_ > 0) {
-      base_.reset(static_cast<std::byte*>(std::aligned_alloc(kAlign, capacity_)));
-      UM_CHECK(base_ != nullptr, "arena", "cannot allocate ", capacity_, " bytes");
-    }
-  }
+  explicit Arena(size_t capacity, Device device = Device::cpu)
+      : base_(static_cast<int64_t>(round_up(capacity)), device), capacity_(round_up(capacity)) {}
   static Arena counting() {
     Arena a;
     a.counting_ = true;
@@ -41,7 +40,7 @@ class Arena {
     if (counting_) return nullptr;
     UM_CHECK(used_ <= capacity_, "arena", "out of memory: need ", used_, " bytes, capacity ",
              capacity_);
-    return reinterpret_cast<T*>(base_.get() + at);
+    return reinterpret_cast<T*>(base_.data() + at);
   }
 
   size_t mark() const { return used_; }
@@ -52,13 +51,11 @@ class Arena {
   size_t capacity() const { return capacity_; }
   size_t high_water() const { return high_water_; }
   bool is_counting() const { return counting_; }
+  Device device() const { return base_.device(); }
 
  private:
   static size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-  struct Free {
-    void operator()(std::byte* p) const { std::free(p); }
-  };
-  std::unique_ptr<std::byte, Free> base_;
+  DeviceBuffer<std::byte> base_;
   size_t capacity_ = 0;
   size_t used_ = 0;
   size_t high_water_ = 0;

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "core/device.h"
 #include "core/error.h"
 #include "core/profiler.h"
 #include "core/tensor.h"
@@ -15,30 +16,29 @@
 namespace um {
 
 // Scratch memory that grows to the largest request and then stays: after the first step of a
-// fixed-shape workload, no op allocates. `n_growths` lets tests assert exactly that.
+// fixed-shape workload, no op allocates. `n_growths` lets tests assert exactly that. It lives on
+// one device (the Ctx's): a CUDA op's scratch is device memory.
 class Workspace {
  public:
+  explicit Workspace(Device device = Device::cpu) : device_(device) {}
   template <class T>
   T* get(size_t n) {
     size_t bytes = n * sizeof(T);
     if (bytes > capacity_) {
       size_t cap = (bytes + 4095) / 4096 * 4096;
-      void* p = std::aligned_alloc(64, cap);
-      UM_CHECK(p != nullptr, "workspace", "cannot allocate ", cap, " bytes");
-      buf_.reset(static_cast<std::byte*>(p));
+      buf_ = DeviceBuffer<std::byte>(static_cast<int64_t>(cap), device_);
       capacity_ = cap;
       ++n_growths_;
     }
-    return reinterpret_cast<T*>(buf_.get());
+    return reinterpret_cast<T*>(buf_.data());
   }
   size_t capacity() const { return capacity_; }
   int n_growths() const { return n_growths_; }
+  Device device() const { return device_; }
 
  private:
-  struct Free {
-    void operator()(std::byte* p) const { std::free(p); }
-  };
-  std::unique_ptr<std::byte, Free> buf_;
+  Device device_;
+  DeviceBuffer<std::byte> buf_;
   size_t capacity_ = 0;
   int n_growths_ = 0;
 };
@@ -46,11 +46,32 @@ class Workspace {
 struct Ctx {
   Device device = Device::cpu;
   void* stream = nullptr;  // cudaStream_t on the CUDA backend
-  int n_threads = 1;       // OpenMP threads used by CPU kernels
+  void* blas = nullptr;    // cublasHandle_t on the CUDA backend (bound to `stream`)
+  int n_threads = 1;       // OpenMP threads used by CPU kernels (and by host-side loops)
   Workspace* workspace = nullptr;
   Profiler* prof = nullptr;  // step-time breakdown (ultramoe bench); null: not measured
 
   static Ctx cpu(Workspace* ws);  // n_threads = the OpenMP maximum
+
+  // Data movement on this Ctx's device and stream (core/device.h). download waits for the data;
+  // it is the one way host code reads device values, so every host sync is visible in the code.
+  template <class T>
+  void upload(T* dst, const T* host_src, size_t n) const {
+    device_api(device).to_device(dst, host_src, n * sizeof(T), stream);
+  }
+  template <class T>
+  void download(T* host_dst, const T* src, size_t n) const {
+    device_api(device).to_host(host_dst, src, n * sizeof(T), stream);
+  }
+  template <class T>
+  void copy(T* dst, const T* src, size_t n) const {
+    device_api(device).copy(dst, src, n * sizeof(T), stream);
+  }
+  template <class T>
+  void zero(T* dst, size_t n) const {
+    device_api(device).zero(dst, n * sizeof(T), stream);
+  }
+  void synchronize() const { device_api(device).synchronize(stream); }
 
   // Threads for a loop over `work` elements: one below kMinParallelWork, where waking a team
   // costs more than the loop (and hurts badly when the cores are shared).

@@ -75,4 +75,16 @@ struct bf16 {
 };
 template <> constexpr DType dtype_of<bf16>() { return DType::bf16; }
 
+inline double to_double(float x) { return x; }
+inline double to_double(double x) { return x; }
+inline double to_double(bf16 x) { return x.to_float(); }
+
+// The accumulation type of a compute type: what parameter gradients, norm statistics, router
+// scores and optimizer state are kept in when activations are T. bf16 compute accumulates in
+// f32 (DESIGN 2: bf16 compute, fp32 master weights and gradients); f32 and f64 accumulate in
+// themselves, so on the CPU acc_t<T> is T and nothing changes.
+template <class T> struct Accumulate { using type = T; };
+template <> struct Accumulate<bf16> { using type = float; };
+template <class T> using acc_t = typename Accumulate<T>::type;
+
 }  // namespace um

@@ -11,12 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "core/device.h"
 #include "core/dtype.h"
 #include "core/error.h"
 
 namespace um {
-
-enum class Device : uint8_t { cpu, cuda };
 
 using Shape = std::vector<int64_t>;
 

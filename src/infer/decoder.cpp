@@ -12,6 +12,7 @@
 #include "model/ffn.h"
 #include "model/layer.h"
 #include "model/mla.h"
+#include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/linear.h"
@@ -20,8 +21,8 @@
 #include "ops/rope.h"
 #include "ops/router.h"
 #include "ops/skinny_linear.h"
+#include "ops/softmax.h"
 #include "ops/swiglu.h"
-#include "ops/vmath.h"
 
 namespace um {
 
@@ -33,30 +34,6 @@ struct Segment {
   int64_t feed = 0;       // index of the feed the rows come from
   bool ends_feed = false; // the feed's last row is in this segment
 };
-
-template <class T>
-void add_inplace(T* y, const T* x, int64_t n, const Ctx& ctx) {
-#pragma omp parallel for simd schedule(static) num_threads(ctx.threads_for(n))
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
-// Softmax of row[lo..hi] in place (the max-subtracted form of ops/attention.cpp, same exp), the
-// rest of row[0..n) zeroed: the masked keys.
-template <class T>
-void masked_softmax(T* row, int64_t n, int64_t lo, int64_t hi) {
-  T mx = -std::numeric_limits<T>::infinity();
-  for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, row[j]);
-  T l = 0;
-#pragma omp simd reduction(+ : l)
-  for (int64_t j = lo; j <= hi; ++j) {
-    row[j] = exp_fast(row[j] - mx);
-    l += row[j];
-  }
-  const T inv = T(1) / l;
-  for (int64_t j = lo; j <= hi; ++j) row[j] *= inv;
-  std::fill(row, row + lo, T(0));
-  std::fill(row + hi + 1, row + n, T(0));
-}
 
 // y (N, n_out) = x W^T: the few-row kernel for passes of at most `skinny` rows (decoding reads
 // each weight once instead of packing it), BLAS GEMM above.
@@ -71,6 +48,7 @@ void dec_linear(T* y, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t 
 template <class T>
 void mlp_few_rows(T* y, MlpActs<T>& a, const T* x, const T* w, const MlpParams& p, int64_t N, int64_t D,
                   const Ctx& ctx) {
+  // the decoder runs on the CPU types, whose compute weights are the master weights
   const int64_t F = p.width;
   skinny_linear_forward<T>(a.gu, 2 * F, x, D, w + p.gate_up, D, N, D, 2 * F, ctx);
   swiglu_forward<T>(a.h, a.gu, N, F, ctx);
@@ -92,7 +70,8 @@ void moe_few_rows(T* y, MoeActs<T>& a, const T* x, const T* w, const T* buffers,
   router_topk<T>(a.idx, a.margin, a.s, use_bias ? buffers + p.bias : nullptr, N, E, spec, ctx);
   router_gates_forward<T>(a.gate, a.s, a.idx, p.router_scale >= 0 ? w + p.router_scale : nullptr, N, E, int(K),
                           c.norm_topk_prob, c.routed_scaling_factor, ctx);
-  const int64_t R = routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, nullptr, N, int(K), E);
+  routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, nullptr, N, int(K), E, ctx);
+  const int64_t R = a.offsets[E];
   permute_rows_forward<T>(a.xp, x, a.row_pair, R, int(K), D, ctx);
   const bool shared = p.shared.width > 0;
   if (shared) mlp_few_rows<T>(y, a.shared, x, w, p.shared, N, D, ctx);
@@ -118,13 +97,13 @@ struct Decoder<T>::Impl {
     int64_t enorm, hnorm, eh_proj, head_norm;
   };
   std::vector<MtpP> mtp_p;
-  std::vector<T> rope_cos, rope_sin;
+  std::vector<acc_t<T>> rope_cos, rope_sin;
 
   // one chunk of at most max_rows rows
   Arena acts, moe_scratch;
   T *x = nullptr, *x2 = nullptr;      // (N, D) residual streams
   T *a_n = nullptr, *att = nullptr, *x_mid = nullptr, *f_n = nullptr, *ffn = nullptr;  // (N, D)
-  T* rstd = nullptr;                  // (N)
+  acc_t<T>* rstd = nullptr;           // (N)
   T *cq_raw = nullptr, *cq = nullptr; // (N, q_lora)
   T* q = nullptr;                     // (N, H, dqk), rope part rotated
   T *kva = nullptr, *lat = nullptr;   // (N, W) raw [ckv ; k_pe] and the cached form
@@ -151,7 +130,7 @@ struct Decoder<T>::Impl {
     const int64_t D = c.hidden_size, H = c.num_attention_heads, W = c.kv_lora_rank + c.qk_rope_head_dim;
     for (T** p : {&x, &x2, &a_n, &att, &x_mid, &f_n, &ffn, &h, &sel, &emb, &hprev}) *p = a.alloc<T>(N * D);
     cat = a.alloc<T>(N * 2 * D);
-    rstd = a.alloc<T>(N);
+    rstd = a.alloc<acc_t<T>>(N);
     if (c.q_lora_rank > 0) {
       cq_raw = a.alloc<T>(N * c.q_lora_rank);
       cq = a.alloc<T>(N * c.q_lora_rank);
@@ -264,12 +243,12 @@ void attend_absorbed(T* olat, const T* qa, const std::vector<Segment>& segs, con
     const T* K = cache.rows(layer, s.slot) + kmin * W;
     const T* Q = qa + (s.row0 + a) * H * W;
     T* S = bufs + int64_t(omp_get_thread_num()) * qb * H * ctx_len;
-    gemm<T>(false, true, rows * H, nk, W, T(scale), Q, W, K, W, T(0), S, nk);
+    cpu::gemm<T>(false, true, rows * H, nk, W, T(scale), Q, W, K, W, T(0), S, nk);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i_first + r, lo = cache.seg_start(s.slot, i) - kmin, hi = i - kmin;
-      for (int64_t hh = 0; hh < H; ++hh) masked_softmax(S + (r * H + hh) * nk, nk, lo, hi);
+      masked_softmax_rows<T>(S + r * H * nk, H, nk, lo, hi, ctx);
     }
-    gemm<T>(false, false, rows * H, kvr, nk, T(1), S, nk, K, W, T(0), olat + (s.row0 + a) * H * kvr, kvr);
+    cpu::gemm<T>(false, false, rows * H, kvr, nk, T(1), S, nk, K, W, T(0), olat + (s.row0 + a) * H * kvr, kvr);
   }
 }
 
@@ -290,22 +269,16 @@ void attend_naive(T* o, const T* q, const std::vector<Segment>& segs, const Late
     T* S = V + nk * H * dv;
     const T* rows = cache.rows(layer, s.slot) + kmin * W;
     linear_forward<T>(kv, H * (nope + dv), rows, W, kv_b, nk, kvr, H * (nope + dv), ctx);
-    for (int64_t j = 0; j < nk; ++j)
-      for (int64_t h = 0; h < H; ++h) {
-        const T* src = kv + j * H * (nope + dv) + h * (nope + dv);
-        std::memcpy(K + (j * H + h) * dqk, src, sizeof(T) * nope);
-        std::memcpy(K + (j * H + h) * dqk + nope, rows + j * W + kvr, sizeof(T) * rd);
-        std::memcpy(V + (j * H + h) * dv, src + nope, sizeof(T) * dv);
-      }
+    mla_kv_assemble_forward<T>(K, V, kv, rows, nk, int(H), int(nope), int(rd), int(dv), W, kvr, ctx);
     for (int64_t h = 0; h < H; ++h) {
-      gemm<T>(false, true, s.m, nk, dqk, T(scale), q + s.row0 * H * dqk + h * dqk, H * dqk, K + h * dqk,
-              H * dqk, T(0), S, nk);
+      gemm<T>(false, true, s.m, nk, dqk, scale, q + s.row0 * H * dqk + h * dqk, H * dqk, K + h * dqk,
+              H * dqk, 0.0, S, nk, ctx);
       for (int64_t r = 0; r < s.m; ++r) {
         const int64_t i = s.i0 + r;
-        masked_softmax(S + r * nk, nk, cache.seg_start(s.slot, i) - kmin, i - kmin);
+        masked_softmax_rows<T>(S + r * nk, 1, nk, cache.seg_start(s.slot, i) - kmin, i - kmin, ctx);
       }
-      gemm<T>(false, false, s.m, dv, nk, T(1), S, nk, V + h * dv, H * dv, T(0), o + s.row0 * H * dv + h * dv,
-              H * dv);
+      gemm<T>(false, false, s.m, dv, nk, 1.0, S, nk, V + h * dv, H * dv, 0.0, o + s.row0 * H * dv + h * dv,
+              H * dv, ctx);
     }
   }
 }
@@ -337,6 +310,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
   Impl& m = *impl_;
   const ModelConfig& c = cfg_;
   const T* w = ps_.w.data();
+  const WeightPtrs<T> weights{w, w, nullptr, ps_.buf.data()};
   const int64_t N = m.segs.empty() ? 0 : m.segs.back().row0 + m.segs.back().m;
   const int64_t D = c.hidden_size, H = c.num_attention_heads, nope = c.qk_nope_head_dim,
                 rd = c.qk_rope_head_dim, dqk = nope + rd, dv = c.v_head_dim, kvr = c.kv_lora_rank,
@@ -367,15 +341,14 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
     const T* kv_b = w + a.kv_b;
     if (opt_.mla == MlaMode::absorbed) {
       for (int64_t h = 0; h < H; ++h) {  // q_nope_h W_uk_h; W_uk_h = kv_b rows [h(nope+dv), +nope)
-        gemm<T>(false, false, N, kvr, nope, T(1), m.q + h * dqk, H * dqk, kv_b + h * (nope + dv) * kvr, kvr,
-                T(0), m.qa + h * W, H * W);
-        for (int64_t r = 0; r < N; ++r)
-          std::memcpy(m.qa + (r * H + h) * W + kvr, m.q + r * H * dqk + h * dqk + nope, sizeof(T) * rd);
+        gemm<T>(false, false, N, kvr, nope, 1.0, m.q + h * dqk, H * dqk, kv_b + h * (nope + dv) * kvr, kvr,
+                0.0, m.qa + h * W, H * W, ctx);
+        copy_rows<T>(m.qa + h * W + kvr, H * W, m.q + h * dqk + nope, H * dqk, N, rd, false, ctx);
       }
       attend_absorbed<T>(m.olat, m.qa, m.segs, cache_, l, H, scale, ctx);
       for (int64_t h = 0; h < H; ++h)  // o_h = olat_h W_uv_h^T; W_uv_h = kv_b rows [h(nope+dv)+nope, +dv)
-        gemm<T>(false, true, N, dv, kvr, T(1), m.olat + h * kvr, H * kvr, kv_b + (h * (nope + dv) + nope) * kvr,
-                kvr, T(0), m.o + h * dv, H * dv);
+        gemm<T>(false, true, N, dv, kvr, 1.0, m.olat + h * kvr, H * kvr, kv_b + (h * (nope + dv) + nope) * kvr,
+                kvr, 0.0, m.o + h * dv, H * dv, ctx);
     } else {
       attend_naive<T>(m.o, m.q, m.segs, cache_, l, kv_b, c, scale, m.naive_buf, ctx);
     }
@@ -391,7 +364,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
         rmsnorm_forward<T>(out, D, m.rstd, sub, D, w + norm, N, D, eps, ctx);
         add_inplace<T>(out, h, N * D, ctx);
       } else {
-        std::memcpy(out, h, sizeof(T) * N * D);
+        ctx.copy(out, h, size_t(N * D));
         add_inplace<T>(out, sub, N * D, ctx);
       }
     };
@@ -407,11 +380,11 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
       mo.capacity_factor = 0;  // inference is always dropless (DESIGN 1.5)
       mo.pool_rows = N;        // statistics only; no loss here
       mo.layer = l;
-      moe_forward<T>(m.ffn, m.moe, m.moe_stats, m.f_n, w, ps_.buf.data(), p.moe_p, c, mo, N, m.moe_scratch, ctx);
+      moe_forward<T>(m.ffn, m.moe, m.moe_stats, m.f_n, weights, p.moe_p, c, mo, N, m.moe_scratch, ctx);
     } else if (N <= sk) {
       mlp_few_rows<T>(m.ffn, m.mlp, m.f_n, w, p.dense, N, D, ctx);
     } else {
-      mlp_forward<T>(m.ffn, false, m.mlp, m.f_n, w, p.dense, N, D, ctx);
+      mlp_forward<T>(m.ffn, false, m.mlp, m.f_n, weights, p.dense, N, D, ctx);
     }
     residual(m.x2, m.x_mid, m.ffn, p.post_ffn_norm);
     std::swap(m.x, m.x2);

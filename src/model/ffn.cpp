@@ -6,13 +6,14 @@
 #include <cmath>
 #include <numeric>
 
+#include "ops/elementwise.h"
 #include "ops/gemm.h"
-#include "parallel/comm.h"
 #include "ops/grouped_gemm.h"
 #include "ops/linear.h"
+#include "ops/moe_stats.h"
 #include "ops/permute.h"
 #include "ops/swiglu.h"
-#include "ops/vmath.h"
+#include "parallel/comm.h"
 
 namespace um {
 
@@ -38,20 +39,22 @@ void MlpActs<T>::alloc(Arena& a, int64_t N, int64_t F, const Recompute& rc, Shar
 }
 
 template <class T>
-void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const T* w, const MlpParams& p,
-                 int64_t N, int64_t D, const Ctx& ctx) {
+void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const WeightPtrs<T>& W,
+                 const MlpParams& p, int64_t N, int64_t D, const Ctx& ctx) {
   const int64_t F = p.width;
   PhaseTimer timer(ctx.prof, Phase::shared);
-  linear_forward<T>(a.gu, 2 * F, x, D, w + p.gate_up, N, D, 2 * F, ctx);
+  linear_forward<T>(a.gu, 2 * F, x, D, W.w + p.gate_up, N, D, 2 * F, ctx);
   swiglu_forward<T>(a.h, a.gu, N, F, ctx);
-  gemm<T>(false, true, N, D, F, T(1), a.h, F, w + p.down, F, accumulate ? T(1) : T(0), y, D);
+  gemm<T>(false, true, N, D, F, 1.0, a.h, F, W.w + p.down, F, accumulate ? 1.0 : 0.0, y, D, ctx);
 }
 
 template <class T>
-void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x, const T* w,
-                  T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx,
-                  const Recompute& rc) {
+void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x,
+                  const WeightPtrs<T>& W, const MlpParams& p, int64_t N, int64_t D, Arena& scratch,
+                  const Ctx& ctx, const Recompute& rc) {
   const int64_t F = p.width;
+  const T* w = W.w;
+  acc_t<T>* g = W.g;
   PhaseTimer timer(ctx.prof, Phase::shared);
   if (rc.experts) {  // the forward's ops again: identical activations
     linear_forward<T>(a.gu, 2 * F, x, D, w + p.gate_up, N, D, 2 * F, ctx);
@@ -99,27 +102,43 @@ void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_po
   // the worst case of one rank's received rows: every peer sends it min(K, E/ep) pairs per token
   max_recv = ep > 1 ? ep * N * std::min(K, E / ep) : 0;
   const int64_t expert_rows = std::max(N * K, max_recv);
-  z = a.alloc<T>(N * E);
-  s = a.alloc<T>(N * E);
+  z = a.alloc<A>(N * E);
+  s = a.alloc<A>(N * E);
   idx = a.alloc<int32_t>(N * K);
-  gate = a.alloc<T>(N * K);
-  margin = a.alloc<T>(N);
+  gate = a.alloc<A>(N * K);
+  margin = a.alloc<A>(N);
   keep = a.alloc<uint8_t>(N * K);
-  offsets = a.alloc<int32_t>(E + 1);
+  // stats (4 doubles) | load (E int64) | offsets (E+1 int32): one block, one read-back
+  readback_bytes = sizeof(double) * 4 + sizeof(int64_t) * E + sizeof(int32_t) * (E + 1);
+  readback = a.alloc<std::byte>(readback_bytes);
+  stats = reinterpret_cast<double*>(readback);
+  load = reinterpret_cast<int64_t*>(readback + sizeof(double) * 4);
+  offsets = reinterpret_cast<int32_t*>(readback + sizeof(double) * 4 + sizeof(int64_t) * E);
+  const std::byte* host = readback;
+  if (!a.is_counting() && a.device() != Device::cpu) {
+    readback_host.resize(readback_bytes);
+    host = readback_host.data();
+  }
+  stats_h = reinterpret_cast<const double*>(host);
+  load_h = reinterpret_cast<const int64_t*>(host + sizeof(double) * 4);
+  offsets_h = reinterpret_cast<const int32_t*>(host + sizeof(double) * 4 + sizeof(int64_t) * E);
   row_pair = a.alloc<int32_t>(N * K);
   pair_row = a.alloc<int32_t>(N * K);
   xp = a.alloc<T>(N * K * D);  // dropless worst case: every (token, expert) pair
   gu = keep_or_share<T>(a, slots, rc.experts, "moe.gu", expert_rows * 2 * F);
   h = keep_or_share<T>(a, slots, rc.experts, "moe.h", expert_rows * F);
   yp = a.alloc<T>(N * K * D);
-  fpool = a.alloc<T>(max_pools * E);
+  fpool = a.alloc<A>(max_pools * E);
   if (c.shared_width() > 0) shared.alloc(a, N, c.shared_width(), rc, slots);
   if (ep > 1) {
     xe = a.alloc<T>(max_recv * D);
     ye = a.alloc<T>(max_recv * D);
     perm = a.alloc<int32_t>(max_recv);
-    local_offsets = a.alloc<int32_t>(E / ep + 1);
-    counts = a.alloc<int64_t>(4 * ep);
+    perm_h.resize(max_recv);
+    local_offsets.resize(E / ep + 1);
+    counts.resize(4 * ep);
+    xcounts.resize(2 * E + 4 * ep);
+    el.resize(4 * ep);
   }
   nodes = n_nodes;
   if (nodes > 1) {  // every gathered token may send up to min(K, experts on this node) pairs here
@@ -127,9 +146,15 @@ void MoeActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t N, int64_t max_po
     hx = a.alloc<T>(H * D);
     hy = a.alloc<T>(H * D);
     hpair = a.alloc<int32_t>(H);
-    hoffsets = a.alloc<int32_t>(per_node + 1);
-    ggate = a.alloc<T>(nodes * N * K);
+    hoffsets.resize(per_node + 1);
+    hcursor.resize(per_node);
+    ggate = a.alloc<A>(nodes * N * K);
   }
+}
+
+template <class T>
+void MoeActs<T>::read_back(const Ctx& ctx) {
+  if (!readback_host.empty()) ctx.download(readback_host.data(), readback, readback_bytes);
 }
 
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t K, int64_t E) {
@@ -140,44 +165,9 @@ int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t K, int64
 
 namespace {
 
-// Capacity mode (DESIGN 1.5): per expert keep the C pairs with the highest unbiased score,
-// ties to the lower token index; the rest are dropped. Pairs are bucketed by expert (counting
-// sort), then each bucket is ordered by (score desc, pair index asc) in place.
+// The hierarchical dispatch below computes on the host: only CPU types run it.
 template <class T>
-int64_t capacity_keep(uint8_t* keep, const int32_t* idx, const T* s, int64_t N, int64_t K,
-                      int64_t E, int64_t C, Arena& scratch) {
-  const size_t mark = scratch.mark();
-  int64_t* start = scratch.alloc<int64_t>(E + 1);
-  int64_t* order = scratch.alloc<int64_t>(N * K);
-  std::fill(start, start + E + 1, 0);
-  for (int64_t p = 0; p < N * K; ++p) ++start[idx[p] + 1];
-  for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
-  for (int64_t p = 0; p < N * K; ++p) order[start[idx[p]]++] = p;
-  for (int64_t e = E; e > 0; --e) start[e] = start[e - 1];
-  start[0] = 0;
-  int64_t dropped = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    int64_t* b = order + start[e];
-    const int64_t n = start[e + 1] - start[e];
-    std::sort(b, b + n, [&](int64_t x, int64_t y) {
-      const T sx = s[(x / K) * E + e], sy = s[(y / K) * E + e];
-      return sx > sy || (sx == sy && x < y);
-    });
-    for (int64_t r = 0; r < n; ++r) keep[b[r]] = r < C;
-    dropped += std::max<int64_t>(0, n - C);
-  }
-  scratch.release(mark);
-  return dropped;
-}
-
-// s' of DESIGN 1.6: the unbiased scores renormalised to sum 1 over all experts.
-template <class T>
-inline T renorm_denominator(const T* s_row, int64_t E, ScoreFunc f) {
-  if (f == ScoreFunc::softmax) return T(1);
-  T sum = 0;
-  for (int64_t e = 0; e < E; ++e) sum += s_row[e];
-  return sum;
-}
+constexpr bool kHostMath = std::is_same_v<T, acc_t<T>>;
 
 // Expert-parallel dispatch (DESIGN 4). The plan's rows are sorted by global expert, so the rows
 // for peer q (experts [q*El, (q+1)*El)) are contiguous. Per-expert counts are exchanged first,
@@ -189,14 +179,11 @@ struct Dispatch {
   int64_t *send_el, *send_el_off, *recv_el, *recv_el_off;  // the same in elements (rows * D)
 
   template <class T>
-  static Dispatch bind(MoeActs<T>& a, int64_t El, int64_t D, Arena& scratch) {
+  static Dispatch bind(MoeActs<T>& a, int64_t El, int64_t D) {
     const int64_t P = a.peers;
-    Dispatch d{P, El, D, a.counts, a.counts + a.ep, a.counts + 2 * a.ep, a.counts + 3 * a.ep,
-               nullptr, nullptr, nullptr, nullptr};
-    d.send_el = scratch.alloc<int64_t>(4 * P);
-    d.send_el_off = d.send_el + P;
-    d.recv_el = d.send_el + 2 * P;
-    d.recv_el_off = d.send_el + 3 * P;
+    int64_t* c = a.counts.data();
+    int64_t* el = a.el.data();
+    Dispatch d{P, El, D, c, c + a.ep, c + 2 * a.ep, c + 3 * a.ep, el, el + P, el + 2 * P, el + 3 * P};
     for (int64_t q = 0; q < P; ++q) {
       d.send_el[q] = d.send_rows[q] * D;
       d.send_el_off[q] = d.send_off[q] * D;
@@ -217,17 +204,17 @@ struct Dispatch {
   }
 };
 
-// Exchanges the per-expert counts of a plan (rows sorted by expert, `offsets` over the E experts
-// of the group `ep`, each peer owning E/P consecutive ones) and fixes the rows each peer sends
-// and receives, the expert-major order of the received rows (perm) and the local offsets.
+// Exchanges the per-expert counts of a plan (rows sorted by expert, host `offsets` over the E
+// experts of the group `ep`, each peer owning E/P consecutive ones) and fixes the rows each peer
+// sends and receives, the expert-major order of the received rows (perm, uploaded to the
+// device) and the local offsets.
 template <class T>
-void plan_dispatch(MoeActs<T>& a, Comm& ep, const int32_t* offsets, int64_t E, int layer, Arena& scratch) {
+void plan_dispatch(MoeActs<T>& a, Comm& ep, const int32_t* offsets, int64_t E, int layer, const Ctx& ctx) {
   const int64_t P = ep.size(), El = E / P;
   a.peers = P;
-  const size_t mark = scratch.mark();
-  int64_t* cnt = scratch.alloc<int64_t>(E);       // rows per global expert, this rank's plan
-  int64_t* rcnt = scratch.alloc<int64_t>(P * El);  // rows per (peer, local expert) received
-  int64_t* c4 = scratch.alloc<int64_t>(4 * P);
+  int64_t* cnt = a.xcounts.data();  // rows per global expert, this rank's plan
+  int64_t* rcnt = cnt + E;          // rows per (peer, local expert) received
+  int64_t* c4 = rcnt + P * El;
   for (int64_t e = 0; e < E; ++e) cnt[e] = offsets[e + 1] - offsets[e];
   for (int64_t q = 0; q < P; ++q) c4[q] = El, c4[P + q] = q * El, c4[2 * P + q] = El, c4[3 * P + q] = q * El;
   ep.all_to_all_v(cnt, c4, c4 + P, rcnt, c4 + 2 * P, c4 + 3 * P, DType::i64);
@@ -251,24 +238,11 @@ void plan_dispatch(MoeActs<T>& a, Comm& ep, const int32_t* offsets, int64_t E, i
     for (int64_t q = 0; q < P; ++q) {
       int64_t src = a.recv_off_of(q);
       for (int64_t k = 0; k < le; ++k) src += rcnt[q * El + k];
-      for (int64_t i = 0; i < rcnt[q * El + le]; ++i) a.perm[at++] = static_cast<int32_t>(src + i);
+      for (int64_t i = 0; i < rcnt[q * El + le]; ++i) a.perm_h[at++] = static_cast<int32_t>(src + i);
     }
     a.local_offsets[le + 1] = static_cast<int32_t>(at);
   }
-  scratch.release(mark);
-}
-
-template <class T>
-void gather_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t D, const Ctx& ctx) {
-  PhaseTimer timer(ctx.prof, Phase::dispatch);
-#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n * D))
-  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * D, src + int64_t(perm[i]) * D, sizeof(T) * D);
-}
-template <class T>
-void scatter_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t D, const Ctx& ctx) {
-  PhaseTimer timer(ctx.prof, Phase::dispatch);
-#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(n * D))
-  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + int64_t(perm[i]) * D, src + i * D, sizeof(T) * D);
+  ctx.upload(a.perm, a.perm_h.data(), size_t(recv));
 }
 
 // Hierarchical dispatch (Pangu Ultra MoE): instead of one all_to_all_v across nodes, the tokens
@@ -276,8 +250,9 @@ void scatter_rows(T* dst, const T* src, const int32_t* perm, int64_t n, int64_t 
 // large inter-node messages), then each rank sends the pairs bound for its own node's experts to
 // their owners with an intra-node all_to_all_v. Results travel back the same way, and the partial
 // combines of the nodes are summed onto the source ranks with an inter-node reduce_scatter.
+// Host loops over token rows: CPU only (checked when the model is built).
 template <class T>
-void hier_forward(T* y_routed, MoeActs<T>& a, const T* x, const T* w, const MoeParams& p,
+void hier_forward(T* y_routed, MoeActs<T>& a, const T* x, const WeightPtrs<T>& W, const MoeParams& p,
                   const ModelConfig& c, const MoeOptions& o, int64_t N, const uint8_t* keep,
                   Arena& scratch, const Ctx& ctx) {
   Comm& inter = *o.comms.inter;
@@ -296,13 +271,13 @@ void hier_forward(T* y_routed, MoeActs<T>& a, const T* x, const T* w, const MoeP
   inter.all_gather(a.gate, a.ggate, N * K, dtype_of<T>());
   inter.all_gather(keep ? keep : ones, gkeep, N * K, DType::u8);
   // the pairs for this node's experts, sorted by node-local expert (stable: source, token, slot)
-  std::fill(a.hoffsets, a.hoffsets + EN + 1, 0);
+  std::fill(a.hoffsets.begin(), a.hoffsets.end(), 0);
   for (int64_t i = 0; i < n * N * K; ++i)
     if (gkeep[i] && gidx[i] / EN == j) ++a.hoffsets[gidx[i] - j * EN + 1];
   for (int64_t e = 0; e < EN; ++e) a.hoffsets[e + 1] += a.hoffsets[e];
   a.hier_rows = a.hoffsets[EN];
-  int32_t* cursor = scratch.alloc<int32_t>(EN);
-  std::copy(a.hoffsets, a.hoffsets + EN, cursor);
+  int32_t* cursor = a.hcursor.data();
+  std::copy(a.hoffsets.begin(), a.hoffsets.begin() + EN, cursor);
   for (int64_t i = 0; i < n * N * K; ++i) {
     if (!gkeep[i] || gidx[i] / EN != j) continue;
     const int32_t h = cursor[gidx[i] - j * EN]++;
@@ -310,16 +285,17 @@ void hier_forward(T* y_routed, MoeActs<T>& a, const T* x, const T* w, const MoeP
     std::memcpy(a.hx + int64_t(h) * D, gx + (i / K) * D, sizeof(T) * D);
   }
   // intra-node dispatch to the owners, experts, and back
-  plan_dispatch(a, intra, a.hoffsets, EN, o.layer, scratch);
-  const Dispatch d = Dispatch::bind(a, El, D, scratch);
+  plan_dispatch(a, intra, a.hoffsets.data(), EN, o.layer, ctx);
+  const Dispatch d = Dispatch::bind(a, El, D);
   T* peer_rows = scratch.alloc<T>(a.recv_rows * D);
   d.forward_async(intra, a.hx, peer_rows).wait();
-  gather_rows(a.xe, peer_rows, a.perm, a.recv_rows, D, ctx);
+  gather_rows<T>(a.xe, peer_rows, a.perm, a.recv_rows, D, ctx);
   const int64_t stride = 3 * F * D;
-  grouped_linear_forward<T>(a.gu, a.xe, D, w + p.experts, stride, a.local_offsets, El, D, 2 * F, ctx);
+  grouped_linear_forward<T>(a.gu, a.xe, D, W.w + p.experts, stride, a.local_offsets.data(), El, D, 2 * F, ctx);
   swiglu_forward<T>(a.h, a.gu, a.recv_rows, F, ctx);
-  grouped_linear_forward<T>(a.ye, a.h, F, w + p.experts + 2 * F * D, stride, a.local_offsets, El, F, D, ctx);
-  scatter_rows(peer_rows, a.ye, a.perm, a.recv_rows, D, ctx);
+  grouped_linear_forward<T>(a.ye, a.h, F, W.w + p.experts + 2 * F * D, stride, a.local_offsets.data(), El, F, D,
+                            ctx);
+  scatter_rows<T>(peer_rows, a.ye, a.perm, a.recv_rows, D, ctx);
   d.backward(intra, peer_rows, a.hy);
   // partial combine per source token, summed over the nodes onto the source rank
   T* ypart = gx;  // reuse: (n*N, D)
@@ -336,7 +312,7 @@ void hier_forward(T* y_routed, MoeActs<T>& a, const T* x, const T* w, const MoeP
 }
 
 template <class T>
-void hier_backward(T* dx_routed, T* dgate, const T* dy, MoeActs<T>& a, const T* w, T* g,
+void hier_backward(T* dx_routed, T* dgate, const T* dy, MoeActs<T>& a, const WeightPtrs<T>& W,
                    const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                    Arena& scratch, const Ctx& ctx) {
   Comm& inter = *o.comms.inter;
@@ -361,24 +337,25 @@ void hier_backward(T* dx_routed, T* dgate, const T* dy, MoeActs<T>& a, const T* 
     }
     dgpart[i] = dot;
   }
-  const Dispatch d = Dispatch::bind(a, El, D, scratch);
+  const Dispatch d = Dispatch::bind(a, El, D);
   T* peer_rows = scratch.alloc<T>(rows * D);
   T* d_exp = scratch.alloc<T>(rows * D);
   T* dx_exp = scratch.alloc<T>(rows * D);
   T* dh = scratch.alloc<T>(rows * F);
   T* dgu = scratch.alloc<T>(rows * 2 * F);
   d.forward_async(intra, dyp, peer_rows).wait();
-  gather_rows(d_exp, peer_rows, a.perm, rows, D, ctx);
+  gather_rows<T>(d_exp, peer_rows, a.perm, rows, D, ctx);
+  const int32_t* lo = a.local_offsets.data();
   if (o.recompute.experts) {  // the forward's ops again: identical activations
-    grouped_linear_forward<T>(a.gu, a.xe, D, w + p.experts, stride, a.local_offsets, El, D, 2 * F, ctx);
+    grouped_linear_forward<T>(a.gu, a.xe, D, W.w + p.experts, stride, lo, El, D, 2 * F, ctx);
     swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
   }
-  grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, d_exp, a.h, F, w + p.experts + 2 * F * D,
-                             stride, a.local_offsets, El, F, D, ctx);
+  grouped_linear_backward<T>(dh, W.g + p.experts + 2 * F * D, d_exp, a.h, F, W.w + p.experts + 2 * F * D,
+                             stride, lo, El, F, D, ctx);
   swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
-  grouped_linear_backward<T>(dx_exp, g + p.experts, dgu, a.xe, D, w + p.experts, stride, a.local_offsets,
-                             El, D, 2 * F, ctx);
-  scatter_rows(peer_rows, dx_exp, a.perm, rows, D, ctx);
+  grouped_linear_backward<T>(dx_exp, W.g + p.experts, dgu, a.xe, D, W.w + p.experts, stride, lo, El, D,
+                             2 * F, ctx);
+  scatter_rows<T>(peer_rows, dx_exp, a.perm, rows, D, ctx);
   T* hdx = dyp;  // reuse: (H, D)
   d.backward(intra, peer_rows, hdx);
   T* dxpart = gdy;  // reuse: (n*N, D)
@@ -393,40 +370,74 @@ void hier_backward(T* dx_routed, T* dgate, const T* dy, MoeActs<T>& a, const T* 
   scratch.release(mark);
 }
 
+// The router input: x itself when it is already in the accumulation type, else an f32 copy in
+// scratch (DESIGN 1.5: the router GEMM runs in f32 on f32 copies of x and Wr).
+template <class T>
+const acc_t<T>* router_input(const T* x, int64_t n, Arena& scratch, const Ctx& ctx) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return x;
+  } else {
+    acc_t<T>* xr = scratch.alloc<acc_t<T>>(n);
+    cast_to_acc<T>(xr, x, n, ctx);
+    return xr;
+  }
+}
+
 }  // namespace
 
 template <class T>
-void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, const T* buffers,
+void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const WeightPtrs<T>& W,
                  const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                  Arena& scratch, const Ctx& ctx) {
+  using A = acc_t<T>;
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
                 F = c.moe_intermediate_size, El = E / a.ep;
+  const int64_t pr = o.pool_rows;
   st.reset(E);
   st.tokens = N;
 
-  {  // route: z = x Wr^T, scores, top-k on s + b, gates
+  {  // route: z = x Wr^T, scores, top-k on s + b, gates; the balance statistics (DESIGN 1.6),
+     // pooled scopes that span ranks adding their counts over the pool's ranks
     PhaseTimer timer(ctx.prof, Phase::router);
-    linear_forward<T>(a.z, E, x, D, w + p.router, N, D, E, ctx);
-    router_scores_forward<T>(a.s, a.z, N, E, c.scoring_func, ctx);
-    router_topk<T>(a.idx, a.margin, a.s, o.use_bias ? buffers + p.bias : nullptr, N, E, o.spec, ctx);
-    router_gates_forward<T>(a.gate, a.s, a.idx, p.router_scale >= 0 ? w + p.router_scale : nullptr,
+    const size_t mark = scratch.mark();
+    const A* xr = router_input<T>(x, N * D, scratch, ctx);
+    linear_forward<A>(a.z, E, xr, D, W.wm + p.router, N, D, E, ctx);
+    scratch.release(mark);
+    router_scores_forward<A>(a.s, a.z, N, E, c.scoring_func, ctx);
+    router_topk<A>(a.idx, a.margin, a.s, o.use_bias ? W.buf + p.bias : nullptr, N, E, o.spec, ctx);
+    router_gates_forward<A>(a.gate, a.s, a.idx, p.router_scale >= 0 ? W.wm + p.router_scale : nullptr,
                             N, E, int(K), c.norm_topk_prob, c.routed_scaling_factor, ctx);
-    for (int64_t n = 0; n < N; ++n) st.margin_min = std::min(st.margin_min, double(a.margin[n]));
-    for (int64_t i = 0; i < N * K; ++i) ++st.load[a.idx[i]];
+    balance_counts<A>(a.fpool, a.idx, N, int(K), E, pr, ctx);
+    int64_t pool_ranks = 1;
+    if (o.comms.pool && o.comms.pool->size() > 1) {
+      PhaseTimer comm(ctx.prof, Phase::communication);
+      o.comms.pool->all_reduce(a.fpool, N / pr * E, dtype_of<A>(), ReduceOp::sum);
+      pool_ranks = o.comms.pool->size();
+    }
+    moe_router_stats<A>(a.stats, a.load, a.fpool, a.s, a.z, a.idx, a.margin, N, int(K), E, pr, pool_ranks,
+                        c.scoring_func, ctx);
   }
 
-  // capacity, then the permutation that makes every expert's rows contiguous
+  // capacity, then the permutation that makes every expert's rows contiguous; then the layer's
+  // one host sync: the expert offsets (grouped GEMM shapes), loads and statistics
   const uint8_t* keep = nullptr;
   {
     PhaseTimer timer(ctx.prof, Phase::dispatch);
     if (o.capacity_factor > 0) {
-      st.dropped = capacity_keep(a.keep, a.idx, a.s, N, K, E,
-                                 expert_capacity(o.capacity_factor, N, K, E), scratch);
+      capacity_keep<A>(a.keep, a.idx, a.s, N, K, E, expert_capacity(o.capacity_factor, N, K, E), ctx);
       keep = a.keep;
     }
-    a.rows = routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, keep, N, int(K), E);
+    routing_permutation(a.offsets, a.row_pair, a.pair_row, a.idx, keep, N, int(K), E, ctx);
+    a.read_back(ctx);
+    a.rows = a.offsets_h[E];
     permute_rows_forward<T>(a.xp, x, a.row_pair, a.rows, int(K), D, ctx);
   }
+  for (int64_t e = 0; e < E; ++e) st.load[e] = a.load_h[e];
+  st.balance = a.stats_h[0];
+  st.entropy_sum = a.stats_h[1];
+  st.z_sum = a.stats_h[2];
+  st.margin_min = a.stats_h[3];
+  if (keep) st.dropped = N * K - a.rows;
 
   // experts: [gate|up] grouped GEMM -> SwiGLU -> down grouped GEMM, over the local experts.
   // The shared experts write y first; the routed experts add to it.
@@ -434,42 +445,52 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
   const int64_t stride = 3 * F * D;  // one expert's gate|up|down block
   auto experts = [&](const T* in, T* out, int64_t rows, const int32_t* offsets) {
     PhaseTimer timer(ctx.prof, Phase::experts);
-    grouped_linear_forward<T>(a.gu, in, D, w + p.experts, stride, offsets, El, D, 2 * F, ctx);
+    grouped_linear_forward<T>(a.gu, in, D, W.w + p.experts, stride, offsets, El, D, 2 * F, ctx);
     swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
-    grouped_linear_forward<T>(out, a.h, F, w + p.experts + 2 * F * D, stride, offsets, El, F, D, ctx);
+    grouped_linear_forward<T>(out, a.h, F, W.w + p.experts + 2 * F * D, stride, offsets, El, F, D, ctx);
   };
   if (a.ep == 1) {
-    if (shared) mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);
-    experts(a.xp, a.yp, a.rows, a.offsets);
+    if (shared) mlp_forward<T>(y, false, a.shared, x, W, p.shared, N, D, ctx);
+    experts(a.xp, a.yp, a.rows, a.offsets_h);
   } else if (o.comms.inter) {
-    const size_t mark = scratch.mark();
-    T* routed = scratch.alloc<T>(N * D);
-    hier_forward(routed, a, x, w, p, c, o, N, keep, scratch, ctx);
-    if (shared) {
-      mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);
-      for (int64_t i = 0; i < N * D; ++i) y[i] += routed[i];
+    if constexpr (kHostMath<T>) {
+      const size_t mark = scratch.mark();
+      T* routed = scratch.alloc<T>(N * D);
+      hier_forward(routed, a, x, W, p, c, o, N, keep, scratch, ctx);
+      if (shared) {
+        mlp_forward<T>(y, false, a.shared, x, W, p.shared, N, D, ctx);
+        add_inplace<T>(y, routed, N * D, ctx);
+      } else {
+        ctx.copy(y, routed, size_t(N * D));
+      }
+      scratch.release(mark);
     } else {
-      std::memcpy(y, routed, sizeof(T) * N * D);
+      fail("moe", "hierarchical dispatch runs on the CPU only");
     }
-    scratch.release(mark);
   } else {
     Comm& ep = *o.comms.ep;
     {
       PhaseTimer timer(ctx.prof, Phase::communication);
-      plan_dispatch(a, ep, a.offsets, E, o.layer, scratch);
+      plan_dispatch(a, ep, a.offsets_h, E, o.layer, ctx);
     }
     const size_t mark = scratch.mark();
-    const Dispatch d = Dispatch::bind(a, El, D, scratch);
+    const Dispatch d = Dispatch::bind(a, El, D);
     T* peer_rows = scratch.alloc<T>(a.recv_rows * D);
     {
       Request sent = d.forward_async(ep, a.xp, peer_rows);
-      if (shared) mlp_forward<T>(y, false, a.shared, x, w, p.shared, N, D, ctx);  // overlaps the dispatch
+      if (shared) mlp_forward<T>(y, false, a.shared, x, W, p.shared, N, D, ctx);  // overlaps the dispatch
       PhaseTimer timer(ctx.prof, Phase::communication);
       sent.wait();
     }
-    gather_rows(a.xe, peer_rows, a.perm, a.recv_rows, D, ctx);
-    experts(a.xe, a.ye, a.recv_rows, a.local_offsets);
-    scatter_rows(peer_rows, a.ye, a.perm, a.recv_rows, D, ctx);
+    {
+      PhaseTimer timer(ctx.prof, Phase::dispatch);
+      gather_rows<T>(a.xe, peer_rows, a.perm, a.recv_rows, D, ctx);
+    }
+    experts(a.xe, a.ye, a.recv_rows, a.local_offsets.data());
+    {
+      PhaseTimer timer(ctx.prof, Phase::dispatch);
+      scatter_rows<T>(peer_rows, a.ye, a.perm, a.recv_rows, D, ctx);
+    }
     {
       PhaseTimer timer(ctx.prof, Phase::communication);
       d.backward(ep, peer_rows, a.yp);
@@ -480,166 +501,115 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, cons
     PhaseTimer timer(ctx.prof, Phase::dispatch);
     combine_rows_forward<T>(y, a.yp, a.gate, a.pair_row, N, int(K), D, shared, ctx);
   }
-
-  // balance statistics over this micro-batch's pools (DESIGN 1.6); pooled scopes that span
-  // ranks add their counts and sizes over the pool's ranks
-  PhaseTimer timer(ctx.prof, Phase::router);
-  const int64_t pr = o.pool_rows, n_pools = N / pr;
-  int64_t pool_ranks = 1;
-  for (int64_t q = 0; q < n_pools; ++q) {
-    T* f = a.fpool + q * E;
-    std::fill(f, f + E, T(0));
-    for (int64_t i = q * pr * K; i < (q + 1) * pr * K; ++i) f[a.idx[i]] += 1;
-  }
-  if (o.comms.pool && o.comms.pool->size() > 1) {
-    PhaseTimer comm(ctx.prof, Phase::communication);
-    o.comms.pool->all_reduce(a.fpool, n_pools * E, dtype_of<T>(), ReduceOp::sum);
-    pool_ranks = o.comms.pool->size();
-  }
-  const T f_scale = T(E) / T(K * pr * pool_ranks);
-  for (int64_t i = 0; i < n_pools * E; ++i) a.fpool[i] *= f_scale;
-  const double pool_size = double(pr * pool_ranks);
-  for (int64_t n = 0; n < N; ++n) {
-    const T* s_row = a.s + n * E;
-    const T* f = a.fpool + (n / pr) * E;
-    const T denom = renorm_denominator(s_row, E, c.scoring_func);
-    double bal = 0, ent = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const double sp = double(s_row[e] / denom);
-      bal += double(f[e]) * sp;
-      if (sp > 0) ent -= sp * std::log(sp);
-    }
-    st.balance += bal / pool_size;
-    st.entropy_sum += ent;
-    const T* z_row = a.z + n * E;
-    T m = *std::max_element(z_row, z_row + E), l = 0;
-    for (int64_t e = 0; e < E; ++e) l += exp_fast(z_row[e] - m);
-    const double lse = double(m + std::log(l));
-    st.z_sum += lse * lse;
-  }
 }
 
 template <class T>
-void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* g,
+void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const WeightPtrs<T>& W,
                   const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                   Arena& scratch, const Ctx& ctx) {
+  using A = acc_t<T>;
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size,
                 F = c.moe_intermediate_size, R = a.rows, stride = 3 * F * D, El = E / a.ep;
   const int64_t rows = a.ep == 1 ? R : a.recv_rows;  // rows on the expert side
   const bool shared = p.shared.width > 0;
   const size_t mark = scratch.mark();
   T* dyp = scratch.alloc<T>(R * D);
-  T* dgate = scratch.alloc<T>(N * K);
+  A* dgate = scratch.alloc<A>(N * K);
   T* dxp = scratch.alloc<T>(std::max(R, N) * D);  // hierarchical: the routed dx (N, D)
   T* dh = scratch.alloc<T>(rows * F);
   T* dgu = scratch.alloc<T>(rows * 2 * F);
-  T* ds = scratch.alloc<T>(N * E);
-  T* dz = scratch.alloc<T>(N * E);
+  A* ds = scratch.alloc<A>(N * E);
+  A* dz = scratch.alloc<A>(N * E);
 
   // routed experts, in reverse; the shared experts write dx first
   std::optional<PhaseTimer> phase;
   phase.emplace(ctx.prof, Phase::dispatch);
   if (a.ep > 1 && o.comms.inter) {
-    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx, o.recompute);
-    hier_backward(dxp, dgate, dy, a, w, g, p, c, o, N, scratch, ctx);  // dxp: the routed dx (N, D)
-    if (shared)
-      for (int64_t i = 0; i < N * D; ++i) dx[i] += dxp[i];
-    else
-      std::memcpy(dx, dxp, sizeof(T) * N * D);
-  } else {
-  combine_rows_backward<T>(dyp, dgate, dy, a.yp, a.gate, a.pair_row, N, int(K), D, ctx);
-  auto experts = [&](const T* dout, T* din, const T* in, const int32_t* offsets) {
-    PhaseTimer timer(ctx.prof, Phase::experts);
-    if (o.recompute.experts) {  // the forward's ops again: identical activations
-      grouped_linear_forward<T>(a.gu, in, D, w + p.experts, stride, offsets, El, D, 2 * F, ctx);
-      swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
+    if constexpr (kHostMath<T>) {
+      if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, W, p.shared, N, D, scratch, ctx, o.recompute);
+      hier_backward(dxp, dgate, dy, a, W, p, c, o, N, scratch, ctx);  // dxp: the routed dx (N, D)
+      if (shared) add_inplace<T>(dx, dxp, N * D, ctx);
+      else ctx.copy(dx, dxp, size_t(N * D));
+    } else {
+      fail("moe", "hierarchical dispatch runs on the CPU only");
     }
-    grouped_linear_backward<T>(dh, g + p.experts + 2 * F * D, dout, a.h, F, w + p.experts + 2 * F * D,
-                               stride, offsets, El, F, D, ctx);
-    swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
-    grouped_linear_backward<T>(din, g + p.experts, dgu, in, D, w + p.experts, stride, offsets, El, D,
-                               2 * F, ctx);
-  };
-  if (a.ep == 1) {
-    if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx, o.recompute);
-    experts(dyp, dxp, a.xp, a.offsets);
   } else {
-    Comm& ep = *o.comms.ep;
-    const Dispatch d = Dispatch::bind(a, El, D, scratch);
-    T* peer_rows = scratch.alloc<T>(rows * D);
-    T* d_exp = scratch.alloc<T>(rows * D);
-    T* dx_exp = scratch.alloc<T>(rows * D);
-    {
-      Request sent = d.forward_async(ep, dyp, peer_rows);  // gradients travel like the tokens did
-      if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, w, g, p.shared, N, D, scratch, ctx, o.recompute);
+    combine_rows_backward<T>(dyp, dgate, dy, a.yp, a.gate, a.pair_row, N, int(K), D, ctx);
+    auto experts = [&](const T* dout, T* din, const T* in, const int32_t* offsets) {
+      PhaseTimer timer(ctx.prof, Phase::experts);
+      if (o.recompute.experts) {  // the forward's ops again: identical activations
+        grouped_linear_forward<T>(a.gu, in, D, W.w + p.experts, stride, offsets, El, D, 2 * F, ctx);
+        swiglu_forward<T>(a.h, a.gu, rows, F, ctx);
+      }
+      grouped_linear_backward<T>(dh, W.g + p.experts + 2 * F * D, dout, a.h, F, W.w + p.experts + 2 * F * D,
+                                 stride, offsets, El, F, D, ctx);
+      swiglu_backward<T>(dgu, dh, a.gu, rows, F, ctx);
+      grouped_linear_backward<T>(din, W.g + p.experts, dgu, in, D, W.w + p.experts, stride, offsets, El, D,
+                                 2 * F, ctx);
+    };
+    if (a.ep == 1) {
+      if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, W, p.shared, N, D, scratch, ctx, o.recompute);
+      experts(dyp, dxp, a.xp, a.offsets_h);
+    } else {
+      Comm& ep = *o.comms.ep;
+      const Dispatch d = Dispatch::bind(a, El, D);
+      T* peer_rows = scratch.alloc<T>(rows * D);
+      T* d_exp = scratch.alloc<T>(rows * D);
+      T* dx_exp = scratch.alloc<T>(rows * D);
+      {
+        Request sent = d.forward_async(ep, dyp, peer_rows);  // gradients travel like the tokens did
+        if (shared) mlp_backward<T>(dx, false, dy, a.shared, x, W, p.shared, N, D, scratch, ctx, o.recompute);
+        PhaseTimer timer(ctx.prof, Phase::communication);
+        sent.wait();
+      }
+      gather_rows<T>(d_exp, peer_rows, a.perm, rows, D, ctx);
+      experts(d_exp, dx_exp, a.xe, a.local_offsets.data());
+      scatter_rows<T>(peer_rows, dx_exp, a.perm, rows, D, ctx);
       PhaseTimer timer(ctx.prof, Phase::communication);
-      sent.wait();
+      d.backward(ep, peer_rows, dxp);
     }
-    gather_rows(d_exp, peer_rows, a.perm, rows, D, ctx);
-    experts(d_exp, dx_exp, a.xe, a.local_offsets);
-    scatter_rows(peer_rows, dx_exp, a.perm, rows, D, ctx);
-    PhaseTimer timer(ctx.prof, Phase::communication);
-    d.backward(ep, peer_rows, dxp);
-  }
-  permute_rows_backward<T>(dx, dxp, a.pair_row, N, int(K), D, shared, ctx);
+    permute_rows_backward<T>(dx, dxp, a.pair_row, N, int(K), D, shared, ctx);
   }
 
-  // router: balance loss through s' (all experts), gates through the selected ones, z-loss
+  // router: balance loss through s' (all experts), gates through the selected ones, z-loss; the
+  // router GEMM's backward in f32: dx += dz Wr, dWr += dz^T x
   phase.reset();
   PhaseTimer router_timer(ctx.prof, Phase::router);
-  const int64_t pr = o.pool_rows;
   const int64_t pool_ranks = o.comms.pool && o.comms.pool->size() > 1 ? o.comms.pool->size() : 1;
-#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * E))
-  for (int64_t n = 0; n < N; ++n) {
-    T* ds_row = ds + n * E;
-    std::fill(ds_row, ds_row + E, T(0));
-    if (o.balance_coef == 0) continue;
-    const T* s_row = a.s + n * E;
-    const T* f = a.fpool + (n / pr) * E;
-    const T coef = T(o.balance_coef / double(pr * pool_ranks));
-    if (c.scoring_func == ScoreFunc::softmax) {
-      for (int64_t e = 0; e < E; ++e) ds_row[e] = coef * f[e];
-    } else {  // s' = s / sum(s)
-      const T sum = renorm_denominator(s_row, E, c.scoring_func);
-      T dot = 0;
-      for (int64_t e = 0; e < E; ++e) dot += coef * f[e] * s_row[e] / sum;
-      for (int64_t e = 0; e < E; ++e) ds_row[e] = (coef * f[e] - dot) / sum;
-    }
-  }
-  router_gates_backward<T>(ds, p.router_scale >= 0 ? g + p.router_scale : nullptr, dgate, a.s,
-                           a.idx, p.router_scale >= 0 ? w + p.router_scale : nullptr, N, E, int(K),
+  balance_backward<A>(ds, a.s, a.fpool, N, E, o.pool_rows, pool_ranks, o.balance_coef, c.scoring_func, ctx);
+  router_gates_backward<A>(ds, p.router_scale >= 0 ? W.g + p.router_scale : nullptr, dgate, a.s, a.idx,
+                           p.router_scale >= 0 ? W.wm + p.router_scale : nullptr, N, E, int(K),
                            c.norm_topk_prob, c.routed_scaling_factor, ctx);
-  router_scores_backward<T>(dz, ds, a.s, N, E, c.scoring_func, ctx);
-  if (o.z_coef != 0) {
-#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * E))
-    for (int64_t n = 0; n < N; ++n) {
-      const T* z_row = a.z + n * E;
-      T m = *std::max_element(z_row, z_row + E), l = 0;
-      for (int64_t e = 0; e < E; ++e) l += exp_fast(z_row[e] - m);
-      const T lse = m + std::log(l), c2 = T(2 * o.z_coef) * lse;
-      for (int64_t e = 0; e < E; ++e) dz[n * E + e] += c2 * exp_fast(z_row[e] - lse);
-    }
+  router_scores_backward<A>(dz, ds, a.s, N, E, c.scoring_func, ctx);
+  if (o.z_coef != 0) z_loss_backward<A>(dz, a.z, N, E, o.z_coef, ctx);
+  if constexpr (std::is_same_v<T, A>) {
+    linear_backward<T>(dx, D, W.g + p.router, dz, E, x, D, W.wm + p.router, N, D, E, true, ctx);
+  } else {
+    const A* xr = router_input<T>(x, N * D, scratch, ctx);
+    A* dxr = scratch.alloc<A>(N * D);
+    linear_backward<A>(dxr, D, W.g + p.router, dz, E, xr, D, W.wm + p.router, N, D, E, false, ctx);
+    cast_from_acc<T>(dx, dxr, N * D, true, ctx);
   }
-  linear_backward<T>(dx, D, g + p.router, dz, E, x, D, w + p.router, N, D, E, true, ctx);
   scratch.release(mark);
 }
 
 #define UM_INSTANTIATE(T)                                                                        \
   template struct MlpActs<T>;                                                                    \
   template struct MoeActs<T>;                                                                    \
-  template void mlp_forward<T>(T*, bool, MlpActs<T>&, const T*, const T*, const MlpParams&,      \
-                               int64_t, int64_t, const Ctx&);                                    \
-  template void mlp_backward<T>(T*, bool, const T*, const MlpActs<T>&, const T*, const T*, T*,   \
-                                const MlpParams&, int64_t, int64_t, Arena&, const Ctx&,          \
-                                const Recompute&);                                               \
-  template void moe_forward<T>(T*, MoeActs<T>&, MoeStats&, const T*, const T*, const T*,         \
+  template void mlp_forward<T>(T*, bool, MlpActs<T>&, const T*, const WeightPtrs<T>&,            \
+                               const MlpParams&, int64_t, int64_t, const Ctx&);                  \
+  template void mlp_backward<T>(T*, bool, const T*, const MlpActs<T>&, const T*,                 \
+                                const WeightPtrs<T>&, const MlpParams&, int64_t, int64_t, Arena&, \
+                                const Ctx&, const Recompute&);                                   \
+  template void moe_forward<T>(T*, MoeActs<T>&, MoeStats&, const T*, const WeightPtrs<T>&,       \
                                const MoeParams&, const ModelConfig&, const MoeOptions&, int64_t, \
                                Arena&, const Ctx&);                                              \
-  template void moe_backward<T>(T*, const T*, MoeActs<T>&, const T*, const T*, T*,               \
+  template void moe_backward<T>(T*, const T*, MoeActs<T>&, const T*, const WeightPtrs<T>&,       \
                                 const MoeParams&, const ModelConfig&, const MoeOptions&, int64_t, \
                                 Arena&, const Ctx&);
 UM_INSTANTIATE(float)
 UM_INSTANTIATE(double)
+UM_INSTANTIATE(bf16)
 #undef UM_INSTANTIATE
 
 }  // namespace um

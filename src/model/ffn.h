@@ -7,6 +7,10 @@
 // dispatch stages communicate. With expert parallelism (an EP group of size ep > 1) each rank
 // holds E/ep experts; dispatch is an all_to_all_v of token rows inside the EP group (DESIGN 4),
 // overlapped with the shared experts. With ep = 1 dispatch is the identity.
+// Precision: token rows and expert activations are T; the router (z, scores, gates, balance
+// statistics) runs in acc_t<T> on an f32 copy of x and the f32 master router weights (DESIGN
+// 1.5). Host syncs: one per MoE layer forward (MoeActs::read_back: the expert offsets that size
+// the grouped GEMMs, the loads and the statistics), plus the count exchange of EP dispatch.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +23,7 @@
 #include "model/config.h"
 #include "model/params.h"
 #include "model/recompute.h"
+#include "model/weights.h"
 #include "ops/router.h"
 
 namespace um {
@@ -39,13 +44,13 @@ struct MlpActs {
 
 // y (N, D) = MLP(x), written or added.
 template <class T>
-void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const T* w, const MlpParams& p,
-                 int64_t N, int64_t D, const Ctx& ctx);
+void mlp_forward(T* y, bool accumulate, MlpActs<T>& a, const T* x, const WeightPtrs<T>& W,
+                 const MlpParams& p, int64_t N, int64_t D, const Ctx& ctx);
 // dx (N, D) written or added from dy. With rc.experts the activations are recomputed first.
 template <class T>
-void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x, const T* w,
-                  T* g, const MlpParams& p, int64_t N, int64_t D, Arena& scratch, const Ctx& ctx,
-                  const Recompute& rc = {});
+void mlp_backward(T* dx, bool accumulate, const T* dy, const MlpActs<T>& a, const T* x,
+                  const WeightPtrs<T>& W, const MlpParams& p, int64_t N, int64_t D, Arena& scratch,
+                  const Ctx& ctx, const Recompute& rc = {});
 
 struct MoeParams {
   int64_t router = -1, router_scale = -1;  // mlp.gate.weight (E, D), mlp.router_scale (E)
@@ -95,11 +100,12 @@ struct MoeStats {
 
 template <class T>
 struct MoeActs {
-  T* z = nullptr;            // (N, E) router logits
-  T* s = nullptr;            // (N, E) scores
+  using A = acc_t<T>;
+  A* z = nullptr;            // (N, E) router logits
+  A* s = nullptr;            // (N, E) scores
   int32_t* idx = nullptr;    // (N, K) selected experts
-  T* gate = nullptr;         // (N, K)
-  T* margin = nullptr;       // (N)
+  A* gate = nullptr;         // (N, K)
+  A* margin = nullptr;       // (N)
   uint8_t* keep = nullptr;   // (N, K) capacity mode
   int32_t* offsets = nullptr;   // (E + 1)
   int32_t* row_pair = nullptr;  // (N*K)
@@ -109,25 +115,41 @@ struct MoeActs {
   T* gu = nullptr;           // (R, 2F)
   T* h = nullptr;            // (R, F)
   T* yp = nullptr;           // (R, D)
-  T* fpool = nullptr;        // (pools, E) f_i(S) of this micro-batch's pools
+  A* fpool = nullptr;        // (pools, E) f_i(S) of this micro-batch's pools
+  int64_t* load = nullptr;   // (E) tokens per expert (device)
+  double* stats = nullptr;   // (4) moe_router_stats
   MlpActs<T> shared;
+  // What the host reads back once per layer forward: offsets, load and stats are one contiguous
+  // device block; on the CPU the host views are the block itself.
+  std::byte* readback = nullptr;
+  size_t readback_bytes = 0;
+  std::vector<std::byte> readback_host;
+  const int32_t* offsets_h = nullptr;
+  const int64_t* load_h = nullptr;
+  const double* stats_h = nullptr;
+  void read_back(const Ctx& ctx);
   // expert parallelism: rows received for the local experts, expert-major
   int64_t ep = 1, max_recv = 0;    // group size; buffer rows (ep * N * min(K, E/ep))
   int64_t recv_rows = 0;
   T* xe = nullptr;                 // (recv, D) inputs of the local experts
   T* ye = nullptr;                 // (recv, D) their outputs
   int32_t* perm = nullptr;         // (recv) expert-major row -> row of the received buffer
-  int32_t* local_offsets = nullptr;  // (E/ep + 1) over xe
-  int64_t* counts = nullptr;       // (4 ep) rows sent/received per peer and their offsets
+  std::vector<int32_t> perm_h;     // host staging of perm
+  std::vector<int32_t> local_offsets;  // (E/ep + 1) over xe (host)
+  std::vector<int64_t> counts;     // (4 ep) rows sent/received per peer and their offsets (host)
+  std::vector<int64_t> xcounts;    // (2 E + 4 ep) the count exchange's host scratch
+  std::vector<int64_t> el;         // (4 ep) counts and offsets in elements (host)
   int64_t peers = 1;               // peers of the last dispatch (ep flat, ranks per node hierarchical)
-  // hierarchical dispatch: pairs of all the group's nodes' tokens that go to this node's experts
+  // hierarchical dispatch (CPU only): pairs of all the group's nodes' tokens that go to this
+  // node's experts
   int64_t nodes = 1;               // nodes the EP group spans (1: flat)
   int64_t hier_rows = 0;           // H pairs handled on this rank for this node
   T* hx = nullptr;                 // (H, D) their inputs, sorted by node-local expert
   T* hy = nullptr;                 // (H, D) their expert outputs
   int32_t* hpair = nullptr;        // (H) (source rank in inter, token, slot) as (s*N + t)*K + k
-  int32_t* hoffsets = nullptr;     // (experts on this node + 1) over hx
-  T* ggate = nullptr;              // (nodes * N * K) gates of every gathered token
+  std::vector<int32_t> hoffsets;   // (experts on this node + 1) over hx
+  std::vector<int32_t> hcursor;    // (experts on this node) host scratch
+  A* ggate = nullptr;              // (nodes * N * K) gates of every gathered token
   int64_t& send_rows_of(int64_t q) { return counts[q]; }
   int64_t& send_off_of(int64_t q) { return counts[ep + q]; }
   int64_t& recv_rows_of(int64_t q) { return counts[2 * ep + q]; }
@@ -138,13 +160,13 @@ struct MoeActs {
 
 // y (N, D) = MoE(x), written. Dispatch temporaries come from `scratch`.
 template <class T>
-void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const T* w, const T* buffers,
+void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const WeightPtrs<T>& W,
                  const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                  Arena& scratch, const Ctx& ctx);
 
-// dx (N, D) written from dy; gradients accumulate into g.
+// dx (N, D) written from dy; gradients accumulate into W.g.
 template <class T>
-void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const T* w, T* g,
+void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const WeightPtrs<T>& W,
                   const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                   Arena& scratch, const Ctx& ctx);
 

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "ops/attention.h"
+#include "ops/elementwise.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -36,17 +37,17 @@ void MlaActs<T>::alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, co
   if (c.q_lora_rank > 0) {
     cq_raw = a.alloc<T>(N * c.q_lora_rank);
     cq = keep_or_share<T>(a, slots, rc.norms, "mla.cq", N * c.q_lora_rank);
-    rstd_q = a.alloc<T>(N);
+    rstd_q = a.alloc<A>(N);
   }
   q = keep_or_share<T>(a, slots, rc.mla_up, "mla.q", N * H * dqk);
   kva = a.alloc<T>(N * kvw);
   ckv = keep_or_share<T>(a, slots, rc.norms, "mla.ckv", N * c.kv_lora_rank);
-  rstd_kv = a.alloc<T>(N);
+  rstd_kv = a.alloc<A>(N);
   kv = keep_or_share<T>(a, slots, rc.mla_up, "mla.kv", N * H * (c.qk_nope_head_dim + dv));
   k = keep_or_share<T>(a, slots, rc.mla_up, "mla.k", N * H * dqk);
   v = keep_or_share<T>(a, slots, rc.mla_up, "mla.v", N * H * dv);
   o = a.alloc<T>(N * H * dv);
-  lse = a.alloc<T>(B * H * T_);
+  lse = a.alloc<A>(B * H * T_);
 }
 
 namespace {
@@ -55,20 +56,21 @@ namespace {
 // (cq_raw, kva from x), which are always kept; 1: the norms (cq, ckv); 2: the up-projections and
 // the per-head K, V.
 template <class T>
-void mla_project(MlaActs<T>& a, const T* x, const T* w, const MlaParams& p, const ModelConfig& c,
-                 const SeqView& seq, const RopeTables<T>& rope, const Ctx& ctx, bool compress,
-                 bool norms, bool up) {
+void mla_project(MlaActs<T>& a, const T* x, const WeightPtrs<T>& W, const MlaParams& p,
+                 const ModelConfig& c, const SeqView& seq, const RopeTables<T>& rope, const Ctx& ctx,
+                 bool compress, bool norms, bool up) {
   const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, dqk = nope + rd,
                 dv = c.v_head_dim, kvr = c.kv_lora_rank, kvw = kvr + rd, qr = c.q_lora_rank;
+  const T* w = W.w;
   if (compress) {
     if (qr > 0) linear_forward<T>(a.cq_raw, qr, x, D, w + p.q_a, N, D, qr, ctx);
     linear_forward<T>(a.kva, kvw, x, D, w + p.kv_a, N, D, kvw, ctx);
   }
   if (norms) {
     if (qr > 0)
-      rmsnorm_forward<T>(a.cq, qr, a.rstd_q, a.cq_raw, qr, w + p.q_a_norm, N, qr, c.rms_norm_eps, ctx);
-    rmsnorm_forward<T>(a.ckv, kvr, a.rstd_kv, a.kva, kvw, w + p.kv_a_norm, N, kvr, c.rms_norm_eps, ctx);
+      rmsnorm_forward<T>(a.cq, qr, a.rstd_q, a.cq_raw, qr, W.wm + p.q_a_norm, N, qr, c.rms_norm_eps, ctx);
+    rmsnorm_forward<T>(a.ckv, kvr, a.rstd_kv, a.kva, kvw, W.wm + p.kv_a_norm, N, kvr, c.rms_norm_eps, ctx);
   }
   if (!up) return;
   if (qr > 0) linear_forward<T>(a.q, H * dqk, a.cq, qr, w + p.q_b, N, qr, H * dqk, ctx);
@@ -76,18 +78,9 @@ void mla_project(MlaActs<T>& a, const T* x, const T* w, const MlaParams& p, cons
   rope_forward<T>(a.q + nope, a.q + nope, seq.pos, rope.cos, rope.sin, N, int(H), H * dqk, dqk,
                   int(rd), ctx);
   linear_forward<T>(a.kv, H * (nope + dv), a.ckv, kvr, w + p.kv_b, N, kvr, H * (nope + dv), ctx);
-
-  // assemble per-head K = [k_nope ; RoPE(k_pe)] and V
-#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * H * dqk))
-  for (int64_t n = 0; n < N; ++n) {
-    const T* kvr_row = a.kv + n * H * (nope + dv);
-    for (int64_t h = 0; h < H; ++h) {
-      std::memcpy(a.k + (n * H + h) * dqk, kvr_row + h * (nope + dv), sizeof(T) * nope);
-      std::memcpy(a.k + (n * H + h) * dqk + nope, a.kva + n * kvw + kvr, sizeof(T) * rd);
-      std::memcpy(a.v + (n * H + h) * dv, kvr_row + h * (nope + dv) + nope, sizeof(T) * dv);
-    }
-  }
-  // rotating the broadcast copies rotates the one shared k_pe identically for every head
+  // per-head K = [k_nope ; k_pe] and V; rotating the broadcast copies of the one shared k_pe
+  // rotates it identically for every head
+  mla_kv_assemble_forward<T>(a.k, a.v, a.kv, a.kva, N, int(H), int(nope), int(rd), int(dv), kvw, kvr, ctx);
   rope_forward<T>(a.k + nope, a.k + nope, seq.pos, rope.cos, rope.sin, N, int(H), H * dqk, dqk,
                   int(rd), ctx);
 }
@@ -95,29 +88,31 @@ void mla_project(MlaActs<T>& a, const T* x, const T* w, const MlaParams& p, cons
 }  // namespace
 
 template <class T>
-void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams& p,
+void mla_forward(T* out, MlaActs<T>& a, const T* x, const WeightPtrs<T>& W, const MlaParams& p,
                  const ModelConfig& c, const SeqView& seq, const RopeTables<T>& rope,
                  const Ctx& ctx) {
   PhaseTimer timer(ctx.prof, Phase::attention);
   const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
   const int64_t dqk = c.qk_head_dim(), dv = c.v_head_dim;
-  mla_project(a, x, w, p, c, seq, rope, ctx, true, true, true);
+  mla_project(a, x, W, p, c, seq, rope, ctx, true, true, true);
   attention_forward<T>(a.o, a.lse, a.q, a.k, a.v, seq.seg_start, seq.B, seq.T, int(H), int(dqk),
                        int(dv), 1.0 / std::sqrt(double(dqk)), ctx);
-  linear_forward<T>(out, D, a.o, H * dv, w + p.o, N, H * dv, D, ctx);
+  linear_forward<T>(out, D, a.o, H * dv, W.w + p.o, N, H * dv, D, ctx);
 }
 
 template <class T>
-void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const T* w, T* g,
+void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const WeightPtrs<T>& W,
                   const MlaParams& p, const ModelConfig& c, const SeqView& seq,
                   const RopeTables<T>& rope, Arena& scratch, const Ctx& ctx, const Recompute& rc) {
   PhaseTimer timer(ctx.prof, Phase::attention);
   // rebuild what was not kept (the same ops as the forward, so the values are identical)
   if (rc.norms || rc.mla_up)
-    mla_project(const_cast<MlaActs<T>&>(a), x, w, p, c, seq, rope, ctx, false, rc.norms, rc.mla_up);
+    mla_project(const_cast<MlaActs<T>&>(a), x, W, p, c, seq, rope, ctx, false, rc.norms, rc.mla_up);
   const int64_t N = seq.rows(), D = c.hidden_size, H = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, dqk = nope + rd,
                 dv = c.v_head_dim, kvr = c.kv_lora_rank, kvw = kvr + rd, qr = c.q_lora_rank;
+  const T* w = W.w;
+  acc_t<T>* g = W.g;
   const size_t mark = scratch.mark();
   T* d_o = scratch.alloc<T>(N * H * dv);
   T* dq = scratch.alloc<T>(N * H * dqk);
@@ -135,23 +130,12 @@ void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const 
   // the shared k_pe collects the sum over heads
   rope_backward<T>(dq + nope, dq + nope, seq.pos, rope.cos, rope.sin, N, int(H), H * dqk, dqk, int(rd), ctx);
   rope_backward<T>(dk + nope, dk + nope, seq.pos, rope.cos, rope.sin, N, int(H), H * dqk, dqk, int(rd), ctx);
-#pragma omp parallel for schedule(static) num_threads(ctx.threads_for(N * H * dqk))
-  for (int64_t n = 0; n < N; ++n) {
-    T* dkv_row = dkv + n * H * (nope + dv);
-    T* dpe = dkva + n * kvw + kvr;
-    std::fill(dpe, dpe + rd, T(0));
-    for (int64_t h = 0; h < H; ++h) {
-      const T* dk_h = dk + (n * H + h) * dqk;
-      std::memcpy(dkv_row + h * (nope + dv), dk_h, sizeof(T) * nope);
-      std::memcpy(dkv_row + h * (nope + dv) + nope, dvv + (n * H + h) * dv, sizeof(T) * dv);
-      for (int64_t j = 0; j < rd; ++j) dpe[j] += dk_h[nope + j];
-    }
-  }
+  mla_kv_assemble_backward<T>(dkv, dkva, dk, dvv, N, int(H), int(nope), int(rd), int(dv), kvw, kvr, ctx);
 
   // kv path: kv_b, kv_a_layernorm (writes the ckv columns of dkva), kv_a
   linear_backward<T>(dckv, kvr, g + p.kv_b, dkv, H * (nope + dv), a.ckv, kvr, w + p.kv_b, N, kvr,
                      H * (nope + dv), false, ctx);
-  rmsnorm_backward<T>(dkva, kvw, g + p.kv_a_norm, dckv, kvr, a.kva, kvw, w + p.kv_a_norm,
+  rmsnorm_backward<T>(dkva, kvw, g + p.kv_a_norm, dckv, kvr, a.kva, kvw, W.wm + p.kv_a_norm,
                       a.rstd_kv, N, kvr, false, ctx);
   linear_backward<T>(dx, D, g + p.kv_a, dkva, kvw, x, D, w + p.kv_a, N, D, kvw, false, ctx);
 
@@ -160,7 +144,7 @@ void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const 
     T* dcq = scratch.alloc<T>(N * qr);
     T* dcq_raw = scratch.alloc<T>(N * qr);
     linear_backward<T>(dcq, qr, g + p.q_b, dq, H * dqk, a.cq, qr, w + p.q_b, N, qr, H * dqk, false, ctx);
-    rmsnorm_backward<T>(dcq_raw, qr, g + p.q_a_norm, dcq, qr, a.cq_raw, qr, w + p.q_a_norm,
+    rmsnorm_backward<T>(dcq_raw, qr, g + p.q_a_norm, dcq, qr, a.cq_raw, qr, W.wm + p.q_a_norm,
                         a.rstd_q, N, qr, false, ctx);
     linear_backward<T>(dx, D, g + p.q_a, dcq_raw, qr, x, D, w + p.q_a, N, D, qr, true, ctx);
   } else {
@@ -171,14 +155,15 @@ void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const 
 
 #define UM_INSTANTIATE(T)                                                                       \
   template struct MlaActs<T>;                                                                   \
-  template void mla_forward<T>(T*, MlaActs<T>&, const T*, const T*, const MlaParams&,           \
+  template void mla_forward<T>(T*, MlaActs<T>&, const T*, const WeightPtrs<T>&, const MlaParams&, \
                                const ModelConfig&, const SeqView&, const RopeTables<T>&,        \
                                const Ctx&);                                                     \
-  template void mla_backward<T>(T*, const T*, const MlaActs<T>&, const T*, const T*, T*,        \
+  template void mla_backward<T>(T*, const T*, const MlaActs<T>&, const T*, const WeightPtrs<T>&, \
                                 const MlaParams&, const ModelConfig&, const SeqView&,           \
                                 const RopeTables<T>&, Arena&, const Ctx&, const Recompute&);
 UM_INSTANTIATE(float)
 UM_INSTANTIATE(double)
+UM_INSTANTIATE(bf16)
 #undef UM_INSTANTIATE
 
 }  // namespace um

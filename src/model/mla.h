@@ -14,6 +14,7 @@
 #include "model/config.h"
 #include "model/params.h"
 #include "model/recompute.h"
+#include "model/weights.h"
 
 namespace um {
 
@@ -24,7 +25,7 @@ struct MlaParams {
   static MlaParams resolve(const ParamTable& t, const std::string& prefix);  // prefix "model.layers.N."
 };
 
-// Token layout shared by the attention of a layer: B sequences of T rows.
+// Token layout shared by the attention of a layer: B sequences of T rows (device memory).
 struct SeqView {
   int64_t B = 0, T = 0;
   const int32_t* pos = nullptr;        // (B*T)
@@ -32,41 +33,42 @@ struct SeqView {
   int64_t rows() const { return B * T; }
 };
 
-// Saved activations of one layer's attention (N = B*T rows).
+// Saved activations of one layer's attention (N = B*T rows); statistics in acc_t<T>.
 template <class T>
 struct MlaActs {
+  using A = acc_t<T>;
   T* cq_raw = nullptr;   // (N, q_lora) before q_a_layernorm
   T* cq = nullptr;       // (N, q_lora)
-  T* rstd_q = nullptr;   // (N)
+  A* rstd_q = nullptr;   // (N)
   T* q = nullptr;        // (N, H, dqk) rope part rotated
   T* kva = nullptr;      // (N, kv_lora + rope) raw
   T* ckv = nullptr;      // (N, kv_lora) normalised
-  T* rstd_kv = nullptr;  // (N)
+  A* rstd_kv = nullptr;  // (N)
   T* kv = nullptr;       // (N, H*(nope + dv))
   T* k = nullptr;        // (N, H, dqk) [k_nope ; rotated k_pe]
   T* v = nullptr;        // (N, H, dv)
   T* o = nullptr;        // (N, H, dv) attention output before Wo
-  T* lse = nullptr;      // (B, H, T)
+  A* lse = nullptr;      // (B, H, T)
   void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_rows,
              const Recompute& rc = {}, SharedSlots* slots = nullptr);
 };
 
 template <class T>
 struct RopeTables {
-  const T* cos = nullptr;  // (max_pos, rope/2)
-  const T* sin = nullptr;
+  const acc_t<T>* cos = nullptr;  // (max_pos, rope/2), device memory
+  const acc_t<T>* sin = nullptr;
 };
 
 // out (N, D) = MLA(x) ; x: (N, D) the normalised layer input.
 template <class T>
-void mla_forward(T* out, MlaActs<T>& a, const T* x, const T* w, const MlaParams& p,
+void mla_forward(T* out, MlaActs<T>& a, const T* x, const WeightPtrs<T>& W, const MlaParams& p,
                  const ModelConfig& c, const SeqView& seq, const RopeTables<T>& rope,
                  const Ctx& ctx);
 
-// dx (N, D) written from d_out; parameter gradients accumulate into g. Temporaries come from
+// dx (N, D) written from d_out; parameter gradients accumulate into W.g. Temporaries come from
 // `scratch` and are released before returning. Recomputed activations (rc) are rebuilt first.
 template <class T>
-void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const T* w, T* g,
+void mla_backward(T* dx, const T* d_out, const MlaActs<T>& a, const T* x, const WeightPtrs<T>& W,
                   const MlaParams& p, const ModelConfig& c, const SeqView& seq,
                   const RopeTables<T>& rope, Arena& scratch, const Ctx& ctx,
                   const Recompute& rc = {});

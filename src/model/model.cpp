@@ -8,6 +8,7 @@
 
 #include "model/layer.h"
 #include "ops/cross_entropy.h"
+#include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
@@ -60,71 +61,66 @@ namespace {
 
 template <class T>
 struct LayerActs {
+  using A = acc_t<T>;
   T* a_n = nullptr;       // (N, D) input_layernorm output
-  T* rstd_in = nullptr;   // (N)
+  A* rstd_in = nullptr;   // (N)
   MlaActs<T> attn;
   T* att = nullptr;       // (N, D) attention output
-  T* rstd_pa = nullptr;   // (N) post-attention norm (sandwich)
+  A* rstd_pa = nullptr;   // (N) post-attention norm (sandwich)
   T* x_mid = nullptr;     // (N, D) residual after attention
   T* f_n = nullptr;       // (N, D) pre-FFN norm output
-  T* rstd_pre = nullptr;  // (N)
+  A* rstd_pre = nullptr;  // (N)
   MlpActs<T> mlp;
   MoeActs<T> moe;
   T* ffn = nullptr;       // (N, D) FFN output
-  T* rstd_pf = nullptr;   // (N) post-FFN norm (sandwich)
+  A* rstd_pf = nullptr;   // (N) post-FFN norm (sandwich)
 
   void alloc(Arena& a, const ModelConfig& c, int64_t B, int64_t T_, bool is_moe, int64_t ep, int64_t nodes,
              const Recompute& rc, SharedSlots* slots) {
     const int64_t N = B * T_, D = c.hidden_size;
     a_n = keep_or_share<T>(a, slots, rc.norms, "layer.a_n", N * D);
-    rstd_in = a.alloc<T>(N);
+    rstd_in = a.alloc<A>(N);
     attn.alloc(a, c, B, T_, rc, slots);
     att = a.alloc<T>(N * D);
-    rstd_pa = a.alloc<T>(N);
+    rstd_pa = a.alloc<A>(N);
     x_mid = a.alloc<T>(N * D);
     f_n = keep_or_share<T>(a, slots, rc.norms, "layer.f_n", N * D);
-    rstd_pre = a.alloc<T>(N);
+    rstd_pre = a.alloc<A>(N);
     if (is_moe) moe.alloc(a, c, N, B, ep, nodes, rc, slots);
     else mlp.alloc(a, N, c.intermediate_size, rc, slots);
     ffn = a.alloc<T>(N * D);
-    rstd_pf = a.alloc<T>(N);
+    rstd_pf = a.alloc<A>(N);
   }
 };
 
 template <class T>
-void add_inplace(T* y, const T* x, int64_t n, const Ctx& ctx) {
-#pragma omp parallel for simd schedule(static) num_threads(ctx.threads_for(n))
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
-template <class T>
 void layer_forward(T* x_out, const T* x_in, LayerActs<T>& a, MoeStats* st, const LayerParams& p,
-                   const T* w, const T* buf, const ModelConfig& c, const SeqView& seq,
+                   const WeightPtrs<T>& W, const ModelConfig& c, const SeqView& seq,
                    const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch, const Ctx& ctx) {
   const int64_t N = seq.rows(), D = c.hidden_size;
   const double eps = c.rms_norm_eps;
   PhaseTimer timer(ctx.prof, Phase::norms);  // the norms and residual adds; sub-layers time themselves
-  rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, w + p.in_norm, N, D, eps, ctx);
-  mla_forward<T>(a.att, a.attn, a.a_n, w, p.attn, c, seq, rope, ctx);
+  rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, W.wm + p.in_norm, N, D, eps, ctx);
+  mla_forward<T>(a.att, a.attn, a.a_n, W, p.attn, c, seq, rope, ctx);
   if (c.sandwich_norm) {  // x_mid = x_in + RMSNorm_post_attn(att)
-    rmsnorm_forward<T>(a.x_mid, D, a.rstd_pa, a.att, D, w + p.post_attn_norm, N, D, eps, ctx);
+    rmsnorm_forward<T>(a.x_mid, D, a.rstd_pa, a.att, D, W.wm + p.post_attn_norm, N, D, eps, ctx);
     add_inplace<T>(a.x_mid, x_in, N * D, ctx);
   } else {
-    std::memcpy(a.x_mid, x_in, sizeof(T) * N * D);
+    ctx.copy(a.x_mid, x_in, size_t(N * D));
     add_inplace<T>(a.x_mid, a.att, N * D, ctx);
   }
-  rmsnorm_forward<T>(a.f_n, D, a.rstd_pre, a.x_mid, D, w + p.pre_ffn_norm, N, D, eps, ctx);
+  rmsnorm_forward<T>(a.f_n, D, a.rstd_pre, a.x_mid, D, W.wm + p.pre_ffn_norm, N, D, eps, ctx);
   if (p.moe) {
     MoeOptions o = mo;
     o.layer = p.index;
-    moe_forward<T>(a.ffn, a.moe, *st, a.f_n, w, buf, p.moe_p, c, o, N, scratch, ctx);
+    moe_forward<T>(a.ffn, a.moe, *st, a.f_n, W, p.moe_p, c, o, N, scratch, ctx);
   }
-  if (!p.moe) mlp_forward<T>(a.ffn, false, a.mlp, a.f_n, w, p.dense, N, D, ctx);
+  if (!p.moe) mlp_forward<T>(a.ffn, false, a.mlp, a.f_n, W, p.dense, N, D, ctx);
   if (c.sandwich_norm) {
-    rmsnorm_forward<T>(x_out, D, a.rstd_pf, a.ffn, D, w + p.post_ffn_norm, N, D, eps, ctx);
+    rmsnorm_forward<T>(x_out, D, a.rstd_pf, a.ffn, D, W.wm + p.post_ffn_norm, N, D, eps, ctx);
     add_inplace<T>(x_out, a.x_mid, N * D, ctx);
   } else {
-    std::memcpy(x_out, a.x_mid, sizeof(T) * N * D);
+    ctx.copy(x_out, a.x_mid, size_t(N * D));
     add_inplace<T>(x_out, a.ffn, N * D, ctx);
   }
 }
@@ -132,12 +128,13 @@ void layer_forward(T* x_out, const T* x_in, LayerActs<T>& a, MoeStats* st, const
 // dres: in, the gradient of the layer output; out, the gradient of its input (residual stream).
 template <class T>
 void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& p,
-                    const T* w, T* g, const ModelConfig& c, const SeqView& seq,
+                    const WeightPtrs<T>& W, const ModelConfig& c, const SeqView& seq,
                     const RopeTables<T>& rope, const MoeOptions& mo, Arena& scratch,
                     const Ctx& ctx) {
   const int64_t N = seq.rows(), D = c.hidden_size;
   const double eps = c.rms_norm_eps;
   const Recompute& rc = mo.recompute;
+  acc_t<T>* g = W.g;
   PhaseTimer timer(ctx.prof, Phase::norms);
   const size_t mark = scratch.mark();
   T* d_fn = scratch.alloc<T>(N * D);
@@ -146,35 +143,37 @@ void layer_backward(T* dres, const T* x_in, LayerActs<T>& a, const LayerParams& 
   const T* d_ffn = dres;
   if (c.sandwich_norm) {
     T* d = scratch.alloc<T>(N * D);
-    rmsnorm_backward<T>(d, D, g + p.post_ffn_norm, dres, D, a.ffn, D, w + p.post_ffn_norm,
+    rmsnorm_backward<T>(d, D, g + p.post_ffn_norm, dres, D, a.ffn, D, W.wm + p.post_ffn_norm,
                         a.rstd_pf, N, D, false, ctx);
     d_ffn = d;
   }
   if (rc.norms)  // the forward's op again: identical f_n
-    rmsnorm_forward<T>(a.f_n, D, a.rstd_pre, a.x_mid, D, w + p.pre_ffn_norm, N, D, eps, ctx);
-  if (p.moe) moe_backward<T>(d_fn, d_ffn, a.moe, a.f_n, w, g, p.moe_p, c, mo, N, scratch, ctx);
-  else mlp_backward<T>(d_fn, false, d_ffn, a.mlp, a.f_n, w, g, p.dense, N, D, scratch, ctx, rc);
+    rmsnorm_forward<T>(a.f_n, D, a.rstd_pre, a.x_mid, D, W.wm + p.pre_ffn_norm, N, D, eps, ctx);
+  if (p.moe) moe_backward<T>(d_fn, d_ffn, a.moe, a.f_n, W, p.moe_p, c, mo, N, scratch, ctx);
+  else mlp_backward<T>(d_fn, false, d_ffn, a.mlp, a.f_n, W, p.dense, N, D, scratch, ctx, rc);
   // dres becomes d x_mid
-  rmsnorm_backward<T>(dres, D, g + p.pre_ffn_norm, d_fn, D, a.x_mid, D, w + p.pre_ffn_norm,
+  rmsnorm_backward<T>(dres, D, g + p.pre_ffn_norm, d_fn, D, a.x_mid, D, W.wm + p.pre_ffn_norm,
                       a.rstd_pre, N, D, true, ctx);
 
   const T* d_att = dres;
   if (c.sandwich_norm) {
     T* d = scratch.alloc<T>(N * D);
-    rmsnorm_backward<T>(d, D, g + p.post_attn_norm, dres, D, a.att, D, w + p.post_attn_norm,
+    rmsnorm_backward<T>(d, D, g + p.post_attn_norm, dres, D, a.att, D, W.wm + p.post_attn_norm,
                         a.rstd_pa, N, D, false, ctx);
     d_att = d;
   }
-  if (rc.norms) rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, w + p.in_norm, N, D, eps, ctx);
-  mla_backward<T>(d_an, d_att, a.attn, a.a_n, w, g, p.attn, c, seq, rope, scratch, ctx, rc);
+  if (rc.norms) rmsnorm_forward<T>(a.a_n, D, a.rstd_in, x_in, D, W.wm + p.in_norm, N, D, eps, ctx);
+  mla_backward<T>(d_an, d_att, a.attn, a.a_n, W, p.attn, c, seq, rope, scratch, ctx, rc);
   // dres becomes d x_in
-  rmsnorm_backward<T>(dres, D, g + p.in_norm, d_an, D, x_in, D, w + p.in_norm, a.rstd_in, N, D,
+  rmsnorm_backward<T>(dres, D, g + p.in_norm, d_an, D, x_in, D, W.wm + p.in_norm, a.rstd_in, N, D,
                       true, ctx);
   scratch.release(mark);
 }
 
-// Upper bound of the scratch memory one backward needs, in elements of T (layer temporaries,
-// the larger of the attention and FFN temporaries, and the MTP temporaries).
+// Upper bound of the scratch memory one backward needs, in elements (layer temporaries, the
+// larger of the attention and FFN temporaries, and the MTP temporaries). The caller counts every
+// element at the width of the accumulation type, which covers the f32 router temporaries of a
+// bf16 model.
 int64_t backward_scratch_elements(const ModelConfig& c, int64_t N, int64_t ep, int64_t nodes) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, dqk = c.qk_head_dim(),
                 dv = c.v_head_dim, nope = c.qk_nope_head_dim, kvw = c.kv_lora_rank + c.qk_rope_head_dim;
@@ -185,7 +184,9 @@ int64_t backward_scratch_elements(const ModelConfig& c, int64_t N, int64_t ep, i
   // expert-side rows: the plan's own with ep = 1, else the worst case received from the EP group
   const int64_t Rx = ep > 1 ? std::max(R, ep * N * std::min(K, E / ep)) : R;
   const int64_t mlp = N * 3 * std::max<int64_t>(c.intermediate_size, c.shared_width());
-  const int64_t moe = R * D * 2 + N * K + Rx * F * 3 + N * E * 2 + mlp + (ep > 1 ? 3 * Rx * D + E * 8 : 0);
+  // + the router's f32 copies of x and dx (bf16 models)
+  const int64_t moe = R * D * 2 + N * K + Rx * F * 3 + N * E * 2 + mlp + 2 * N * D +
+                      (ep > 1 ? 3 * Rx * D + E * 8 : 0);
   // hierarchical dispatch: gathered tokens and gradients, the node's pairs, partial sums
   const int64_t hier = nodes > 1 ? 4 * nodes * N * D + 2 * nodes * N * std::min(K, E / nodes) * D + 3 * nodes * N * K : 0;
   const int64_t layer = 4 * N * D + std::max({mla, moe + hier, mlp});
@@ -199,15 +200,16 @@ int64_t backward_scratch_elements(const ModelConfig& c, int64_t N, int64_t ep, i
 
 template <class T>
 struct MtpActs {
+  using A = acc_t<T>;
   T* emb = nullptr;     // (Nk, D) embedding of x_{i+k}
   T* cat = nullptr;     // (Nk, 2D) [enorm(emb) ; hnorm(h_prev)]
   T* hprev = nullptr;   // (Nk, D) rows i < T-k of h^{k-1}
-  T* rstd_e = nullptr;
-  T* rstd_h = nullptr;
+  A* rstd_e = nullptr;
+  A* rstd_h = nullptr;
   T* h_in = nullptr;    // (Nk, D) eh_proj output, the layer input
   T* h_out = nullptr;   // (Nk, D) layer output
   T* hn = nullptr;      // (Nk, D) shared_head.norm output
-  T* rstd_n = nullptr;
+  A* rstd_n = nullptr;
   T* dhn = nullptr;     // (Nk, D) gradient of hn
   LayerActs<T> layer;
 };
@@ -227,11 +229,49 @@ struct Model<T>::Impl {
   std::vector<T*> res;                // L+1 residual streams (N, D)
   std::vector<LayerActs<T>> lacts;    // main layers
   T* h0 = nullptr;                    // (N, D) final-norm output
-  T* rstd_final = nullptr;
+  acc_t<T>* rstd_final = nullptr;
   T* dh0 = nullptr;                   // (N, D) gradient of h0
   std::vector<MtpActs<T>> mtp;
-  std::vector<T> rope_cos, rope_sin;
-  WindowBatch wb;
+  DeviceBuffer<acc_t<T>> rope_cos, rope_sin;  // (T, rope/2) on the model's device
+  WindowBatch wb;                             // the micro-batch as built on the host
+
+  // The micro-batch on the model's device, one entry per stream (main, then MTP depth k): what
+  // the ops read. On the CPU the pointers are wb's own vectors; on a device they are uploaded
+  // copies, plus the tokens grouped by id for a deterministic embedding backward.
+  struct DevRows {
+    const int32_t *ids = nullptr, *pos = nullptr, *seg_start = nullptr, *targets = nullptr;
+    int32_t *d_ids = nullptr, *d_pos = nullptr, *d_seg = nullptr, *d_tgt = nullptr;
+    int32_t *d_by_rows = nullptr, *d_by_start = nullptr, *d_by_id = nullptr;
+    TokensById by_id;
+  };
+  std::vector<DevRows> dev;
+  std::vector<int32_t> by_rows, by_start, by_id, id_count;  // host staging of TokensById
+  Device device = Device::cpu;
+
+  // Points the ops at the batch: on a device, one upload per array.
+  void upload_batch(const Ctx& ctx) {
+    for (size_t i = 0; i < dev.size(); ++i) {
+      const SeqRows& r = i == 0 ? wb.main : wb.mtp[i - 1];
+      DevRows& d = dev[i];
+      const int64_t n = r.rows();
+      if (device == Device::cpu) {
+        d.ids = r.ids.data(), d.pos = r.pos.data(), d.seg_start = r.seg_start.data(), d.targets = r.targets.data();
+        d.by_id = {};
+        continue;
+      }
+      ctx.upload(d.d_ids, r.ids.data(), size_t(n));
+      ctx.upload(d.d_pos, r.pos.data(), size_t(n));
+      ctx.upload(d.d_seg, r.seg_start.data(), size_t(n));
+      ctx.upload(d.d_tgt, r.targets.data(), size_t(n));
+      d.ids = d.d_ids, d.pos = d.d_pos, d.seg_start = d.d_seg, d.targets = d.d_tgt;
+      const int64_t n_ids = group_tokens_by_id(by_rows.data(), by_start.data(), by_id.data(), id_count.data(),
+                                               r.ids.data(), n, c.vocab_size);
+      ctx.upload(d.d_by_rows, by_rows.data(), size_t(n));
+      ctx.upload(d.d_by_start, by_start.data(), size_t(n_ids + 1));
+      ctx.upload(d.d_by_id, by_id.data(), size_t(n_ids));
+      d.by_id = {d.d_by_rows, d.d_by_start, d.d_by_id, n_ids};
+    }
+  }
 
   Impl(const ModelConfig& cfg, const ParamTable& t) : c(cfg) {
     const int L = int(c.num_hidden_layers);
@@ -261,12 +301,23 @@ struct Model<T>::Impl {
 
   void layout(Arena& a, int64_t B, int64_t T_) {
     const int64_t N = B * T_, D = c.hidden_size, L = c.num_hidden_layers;
+    dev.assign(1 + c.num_nextn_predict_layers, DevRows{});
+    if (device != Device::cpu) {
+      for (size_t i = 0; i < dev.size(); ++i) {
+        const int64_t n = B * std::max<int64_t>(T_ - int64_t(i), 0);
+        DevRows& d = dev[i];
+        d.d_ids = a.alloc<int32_t>(n), d.d_pos = a.alloc<int32_t>(n), d.d_seg = a.alloc<int32_t>(n);
+        d.d_tgt = a.alloc<int32_t>(n), d.d_by_rows = a.alloc<int32_t>(n);
+        d.d_by_start = a.alloc<int32_t>(n + 1), d.d_by_id = a.alloc<int32_t>(n);
+      }
+      by_rows.resize(N), by_start.resize(N + 1), by_id.resize(N), id_count.resize(c.vocab_size);
+    }
     res.assign(L + 1, nullptr);
     for (auto& r : res) r = a.alloc<T>(N * D);
     lacts.assign(L, LayerActs<T>{});
     for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l), ep, nodes, recompute, &slots);
     h0 = a.alloc<T>(N * D);
-    rstd_final = a.alloc<T>(N);
+    rstd_final = a.alloc<acc_t<T>>(N);
     dh0 = a.alloc<T>(N * D);
     mtp.assign(c.num_nextn_predict_layers, MtpActs<T>{});
     for (int64_t k = 1; k <= c.num_nextn_predict_layers; ++k) {
@@ -275,12 +326,12 @@ struct Model<T>::Impl {
       m.emb = a.alloc<T>(Nk * D);
       m.cat = a.alloc<T>(Nk * 2 * D);
       m.hprev = a.alloc<T>(Nk * D);
-      m.rstd_e = a.alloc<T>(Nk);
-      m.rstd_h = a.alloc<T>(Nk);
+      m.rstd_e = a.alloc<acc_t<T>>(Nk);
+      m.rstd_h = a.alloc<acc_t<T>>(Nk);
       m.h_in = a.alloc<T>(Nk * D);
       m.h_out = a.alloc<T>(Nk * D);
       m.hn = a.alloc<T>(Nk * D);
-      m.rstd_n = a.alloc<T>(Nk);
+      m.rstd_n = a.alloc<acc_t<T>>(Nk);
       m.dhn = a.alloc<T>(Nk * D);
       m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1), ep, nodes, recompute, &slots);
     }
@@ -300,35 +351,49 @@ Model<T>::Model(const ModelConfig& c, const ParamTable& table, const ModelOption
            " needs ", c.n_routed_experts / std::max<int64_t>(ep, 1));
   for (int l = 0; l < c.n_layers_total(); ++l)
     if (c.is_moe_layer(l)) moe_layers_.push_back(l);
+  const int64_t nodes = opt.comms.inter ? opt.comms.inter->size() : 1;
+  UM_CHECK(opt.device == Device::cpu || nodes == 1, "model", "hierarchical expert dispatch (parallel.ranks_per_node) "
+           "runs on the CPU only");
+  UM_CHECK((opt.device != Device::cpu || std::is_same_v<T, acc_t<T>>), "model", "bf16 compute needs --device cuda");
   impl_ = std::make_unique<Impl>(cfg_, table);
   impl_->ep = ep;
-  const int64_t nodes = opt.comms.inter ? opt.comms.inter->size() : 1;
   impl_->nodes = nodes;
   impl_->recompute = opt.recompute;
+  impl_->device = opt.device;
   Arena probe = Arena::counting();
   impl_->layout(probe, opt.micro_batch, opt.seq_len);  // sizes the arena and the shared slots
   impl_->slots.prepare(probe);
-  impl_->acts = Arena(probe.used());
+  impl_->acts = Arena(probe.used(), opt.device);
   impl_->slots.prepare(impl_->acts);
   impl_->layout(impl_->acts, opt.micro_batch, opt.seq_len);
-  impl_->scratch = Arena(sizeof(T) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len, ep, nodes));
+  impl_->scratch = Arena(sizeof(acc_t<T>) * backward_scratch_elements(c, opt.micro_batch * opt.seq_len, ep, nodes),
+                         opt.device);
+  // RoPE tables in double on the host, stored in acc_t<T> on the device
   const int64_t half = c.qk_rope_head_dim / 2;
-  impl_->rope_cos.resize(opt.seq_len * half);
-  impl_->rope_sin.resize(opt.seq_len * half);
-  rope_tables<T>(impl_->rope_cos.data(), impl_->rope_sin.data(), opt.seq_len,
-                 int(c.qk_rope_head_dim), c.rope_theta);
+  std::vector<acc_t<T>> cos_h(opt.seq_len * half), sin_h(opt.seq_len * half);
+  rope_tables<acc_t<T>>(cos_h.data(), sin_h.data(), opt.seq_len, int(c.qk_rope_head_dim), c.rope_theta);
+  impl_->rope_cos = DeviceBuffer<acc_t<T>>(int64_t(cos_h.size()), opt.device);
+  impl_->rope_sin = DeviceBuffer<acc_t<T>>(int64_t(sin_h.size()), opt.device);
+  device_api(opt.device).to_device(impl_->rope_cos.data(), cos_h.data(), cos_h.size() * sizeof(acc_t<T>), nullptr);
+  device_api(opt.device).to_device(impl_->rope_sin.data(), sin_h.data(), sin_h.size() * sizeof(acc_t<T>), nullptr);
+  device_api(opt.device).synchronize(nullptr);
 }
 
 template <class T>
 Model<T>::~Model() = default;
 
 template <class T>
-void Model<T>::sublayer_output_std(int64_t B, std::vector<double>& attn,
-                                   std::vector<double>& ffn) const {
+void Model<T>::sublayer_output_std(int64_t B, std::vector<double>& attn, std::vector<double>& ffn,
+                                   const Ctx& ctx) const {
   const int64_t n = B * opt_.seq_len * cfg_.hidden_size;
-  auto stddev = [n](const T* x) {
+  std::vector<T> host(n);
+  auto stddev = [&](const T* x) {
+    ctx.download(host.data(), x, size_t(n));
     double s = 0, s2 = 0;
-    for (int64_t i = 0; i < n; ++i) s += double(x[i]), s2 += double(x[i]) * double(x[i]);
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = to_double(host[i]);
+      s += v, s2 += v * v;
+    }
     const double mean = s / double(n);
     return std::sqrt(std::max(0.0, s2 / double(n) - mean * mean));
   };
@@ -349,8 +414,9 @@ std::pair<double, double> calibrate_dssn(Model<T>& model, ParamStore<T>& ps, con
   auto set_gains = [&](const char* which, double value) {
     for (int l = 0; l < c.n_layers_total(); ++l) {
       const ParamInfo& p = t.at("model.layers." + std::to_string(l) + "." + which + ".weight");
-      std::fill(ps.w.data() + p.offset, ps.w.data() + p.offset + p.numel, T(value));
+      fill<acc_t<T>>(ps.w.data() + p.offset, p.numel, value, ctx);
     }
+    ps.sync_compute(ctx);
   };
   set_gains("post_attention_layernorm", 1.0);
   set_gains("post_mlp_layernorm", 1.0);
@@ -358,7 +424,7 @@ std::pair<double, double> calibrate_dssn(Model<T>& model, ParamStore<T>& ps, con
   sc.n_mtp.assign(c.num_nextn_predict_layers, 1.0);
   model.forward_backward(ps, windows, B, sc, false, ctx);
   std::vector<double> attn, ffn;
-  model.sublayer_output_std(B, attn, ffn);
+  model.sublayer_output_std(B, attn, ffn, ctx);
   double mean_attn = 0, mean_ffn = 0;
   for (size_t l = 0; l < attn.size(); ++l) mean_attn += attn[l] / double(attn.size()), mean_ffn += ffn[l] / double(ffn.size());
   if (c.dssn_c_attn_auto) c_attn = mean_attn;
@@ -372,6 +438,8 @@ template std::pair<double, double> calibrate_dssn<float>(Model<float>&, ParamSto
                                                          const int32_t*, int64_t, const Ctx&);
 template std::pair<double, double> calibrate_dssn<double>(Model<double>&, ParamStore<double>&, const ParamTable&,
                                                           const int32_t*, int64_t, const Ctx&);
+template std::pair<double, double> calibrate_dssn<bf16>(Model<bf16>&, ParamStore<bf16>&, const ParamTable&,
+                                                        const int32_t*, int64_t, const Ctx&);
 
 template <class T>
 int64_t Model<T>::bias_offset(size_t i) const {
@@ -382,6 +450,31 @@ template <class T>
 size_t Model<T>::activation_bytes() const {
   return impl_->acts.capacity() + impl_->scratch.capacity();
 }
+
+namespace {
+// Where an op writes a copy for a Capture: the capture's host vector itself on the CPU, else a
+// device buffer downloaded into it afterwards (tests and debugging only).
+template <class T>
+struct CaptureSink {
+  std::vector<T>* host = nullptr;
+  DeviceBuffer<T> dev;
+  T* open(std::vector<T>* h, int64_t n, const Ctx& ctx) {
+    host = h;
+    host->resize(size_t(n));
+    if (ctx.device == Device::cpu) return host->data();
+    dev = DeviceBuffer<T>(n, ctx.device);
+    return dev.data();
+  }
+  void close(const Ctx& ctx) {
+    if (host && ctx.device != Device::cpu) ctx.download(host->data(), dev.data(), host->size());
+  }
+};
+template <class T>
+void capture_rows(std::vector<T>& dst, const T* src, int64_t n, const Ctx& ctx) {
+  dst.resize(size_t(n));
+  ctx.download(dst.data(), src, size_t(n));
+}
+}  // namespace
 
 template <class T>
 const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
@@ -395,10 +488,12 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
            " sequences; the model was sized for at most ", opt_.micro_batch);
   UM_CHECK(int64_t(sc.n_mtp.size()) >= depth, "model", "StepScales has ", sc.n_mtp.size(),
            " MTP counts, the model has depth ", depth);
+  UM_CHECK(ctx.device == opt_.device, "model", "the model lives on ", device_name(opt_.device),
+           ", the Ctx is for ", device_name(ctx.device));
   build_window_batch(m.wb, windows, B, T_, depth, V);
-  const T* w = ps.w.data();
-  T* g = backward ? ps.g.data() : nullptr;
-  const T* buf = ps.buf.data();
+  m.upload_batch(ctx);
+  const WeightPtrs<T> W = WeightPtrs<T>::of(ps, backward);
+  acc_t<T>* g = W.g;
   const RopeTables<T> rope{m.rope_cos.data(), m.rope_sin.data()};
   const int64_t N = B * T_;
 
@@ -430,26 +525,26 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
   }
 
   // ---- forward: main model ----
-  const SeqView main_seq{B, T_, m.wb.main.pos.data(), m.wb.main.seg_start.data()};
+  const typename Impl::DevRows& main_rows = m.dev[0];
+  const SeqView main_seq{B, T_, main_rows.pos, main_rows.seg_start};
   const MoeOptions main_mo = moe_options(T_);
   std::optional<PhaseTimer> phase;
   phase.emplace(ctx.prof, Phase::norms);
-  embedding_forward<T>(m.res[0], m.wb.main.ids.data(), w + m.embed, N, D, ctx);
+  embedding_forward<T>(m.res[0], main_rows.ids, W.w + m.embed, N, D, ctx);
   for (int64_t l = 0; l < L; ++l) {
-    layer_forward<T>(m.res[l + 1], m.res[l], m.lacts[l], stats_for(int(l)), m.layers[l], w, buf,
-                     c, main_seq, rope, main_mo, m.scratch, ctx);
-    if (cap) cap->hidden[l].assign(m.res[l + 1], m.res[l + 1] + N * D);
+    layer_forward<T>(m.res[l + 1], m.res[l], m.lacts[l], stats_for(int(l)), m.layers[l], W, c, main_seq, rope,
+                     main_mo, m.scratch, ctx);
+    if (cap) capture_rows(cap->hidden[l], m.res[l + 1], N * D, ctx);
   }
-  rmsnorm_forward<T>(m.h0, D, m.rstd_final, m.res[L], D, w + m.final_norm, N, D, c.rms_norm_eps, ctx);
-  if (cap) {
-    cap->hidden_norm.assign(m.h0, m.h0 + N * D);
-    cap->logits.resize(N * V);
-  }
+  rmsnorm_forward<T>(m.h0, D, m.rstd_final, m.res[L], D, W.wm + m.final_norm, N, D, c.rms_norm_eps, ctx);
+  CaptureSink<T> sink;
+  if (cap) capture_rows(cap->hidden_norm, m.h0, N * D, ctx);
   phase.reset();
   phase.emplace(ctx.prof, Phase::head);
   r.ce_main = lm_head_cross_entropy<T>(backward ? m.dh0 : nullptr, backward ? g + m.head : nullptr,
-                                       cap ? cap->logits.data() : nullptr, nullptr, m.h0, w + m.head,
-                                       m.wb.main.targets.data(), N, D, V, 1.0 / sc.n_main, ctx);
+                                       cap ? sink.open(&cap->logits, N * V, ctx) : nullptr, nullptr, m.h0,
+                                       W.w + m.head, main_rows.targets, N, D, V, 1.0 / sc.n_main, ctx);
+  sink.close(ctx);
 
   // ---- forward: MTP modules (DESIGN 1.7) ----
   phase.reset();
@@ -458,31 +553,30 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
     MtpActs<T>& a = m.mtp[k - 1];
     const auto& mp = m.mtp_p[k - 1];
     const SeqRows& rows = m.wb.mtp[k - 1];
+    const typename Impl::DevRows& dr = m.dev[k];
     const int64_t Tk = rows.T, Nk = rows.rows();
     if (Nk == 0) continue;
-    const SeqView seq{B, Tk, rows.pos.data(), rows.seg_start.data()};
+    const SeqView seq{B, Tk, dr.pos, dr.seg_start};
     // h_prev: the main final-norm output (k = 1) or module k-1's head-norm output, rows i < T-k
     const T* src = k == 1 ? m.h0 : m.mtp[k - 2].hn;
     const int64_t T_src = Tk + 1;
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(a.hprev + b * Tk * D, src + b * T_src * D, sizeof(T) * Tk * D);
-    embedding_forward<T>(a.emb, rows.ids.data(), w + m.embed, Nk, D, ctx);
-    rmsnorm_forward<T>(a.cat, 2 * D, a.rstd_e, a.emb, D, w + mp.enorm, Nk, D, c.rms_norm_eps, ctx);
-    rmsnorm_forward<T>(a.cat + D, 2 * D, a.rstd_h, a.hprev, D, w + mp.hnorm, Nk, D, c.rms_norm_eps, ctx);
-    linear_forward<T>(a.h_in, D, a.cat, 2 * D, w + mp.eh_proj, Nk, 2 * D, D, ctx);
+    copy_rows<T>(a.hprev, Tk * D, src, T_src * D, B, Tk * D, false, ctx);
+    embedding_forward<T>(a.emb, dr.ids, W.w + m.embed, Nk, D, ctx);
+    rmsnorm_forward<T>(a.cat, 2 * D, a.rstd_e, a.emb, D, W.wm + mp.enorm, Nk, D, c.rms_norm_eps, ctx);
+    rmsnorm_forward<T>(a.cat + D, 2 * D, a.rstd_h, a.hprev, D, W.wm + mp.hnorm, Nk, D, c.rms_norm_eps, ctx);
+    linear_forward<T>(a.h_in, D, a.cat, 2 * D, W.w + mp.eh_proj, Nk, 2 * D, D, ctx);
     const int layer = int(L + k - 1);
-    layer_forward<T>(a.h_out, a.h_in, a.layer, stats_for(layer), m.layers[layer], w, buf, c, seq,
-                     rope, moe_options(Tk), m.scratch, ctx);
-    rmsnorm_forward<T>(a.hn, D, a.rstd_n, a.h_out, D, w + mp.head_norm, Nk, D, c.rms_norm_eps, ctx);
-    if (cap) {
-      cap->hidden[layer].assign(a.h_out, a.h_out + Nk * D);
-      cap->mtp_logits[k - 1].resize(Nk * V);
-    }
+    layer_forward<T>(a.h_out, a.h_in, a.layer, stats_for(layer), m.layers[layer], W, c, seq, rope,
+                     moe_options(Tk), m.scratch, ctx);
+    rmsnorm_forward<T>(a.hn, D, a.rstd_n, a.h_out, D, W.wm + mp.head_norm, Nk, D, c.rms_norm_eps, ctx);
+    if (cap) capture_rows(cap->hidden[layer], a.h_out, Nk * D, ctx);
     const double weight = sc.mtp_lambda / double(depth) / std::max(sc.n_mtp[k - 1], 1.0);
+    CaptureSink<T> mtp_sink;
     r.ce_mtp[k - 1] = lm_head_cross_entropy<T>(
         backward ? a.dhn : nullptr, backward ? g + m.head : nullptr,
-        cap ? cap->mtp_logits[k - 1].data() : nullptr, nullptr, a.hn, w + m.head,
-        rows.targets.data(), Nk, D, V, weight, ctx);
+        cap ? mtp_sink.open(&cap->mtp_logits[k - 1], Nk * V, ctx) : nullptr, nullptr, a.hn, W.w + m.head,
+        dr.targets, Nk, D, V, weight, ctx);
+    mtp_sink.close(ctx);
   }
   if (!backward) return r;
 
@@ -492,31 +586,30 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
     MtpActs<T>& a = m.mtp[k - 1];
     const auto& mp = m.mtp_p[k - 1];
     const SeqRows& rows = m.wb.mtp[k - 1];
+    const typename Impl::DevRows& dr = m.dev[k];
     const int64_t Tk = rows.T, Nk = rows.rows();
     if (Nk == 0) continue;
-    const SeqView seq{B, Tk, rows.pos.data(), rows.seg_start.data()};
+    const SeqView seq{B, Tk, dr.pos, dr.seg_start};
     const size_t mark = s.mark();
     T* dres = s.alloc<T>(Nk * D);
     T* dcat = s.alloc<T>(Nk * 2 * D);
     T* demb = s.alloc<T>(Nk * D);
     T* dprev = s.alloc<T>(Nk * D);
-    rmsnorm_backward<T>(dres, D, g + mp.head_norm, a.dhn, D, a.h_out, D, w + mp.head_norm,
+    rmsnorm_backward<T>(dres, D, g + mp.head_norm, a.dhn, D, a.h_out, D, W.wm + mp.head_norm,
                         a.rstd_n, Nk, D, false, ctx);
     const int layer = int(L + k - 1);
-    layer_backward<T>(dres, a.h_in, a.layer, m.layers[layer], w, g, c, seq, rope, moe_options(Tk),
-                      s, ctx);
-    linear_backward<T>(dcat, 2 * D, g + mp.eh_proj, dres, D, a.cat, 2 * D, w + mp.eh_proj, Nk,
+    layer_backward<T>(dres, a.h_in, a.layer, m.layers[layer], W, c, seq, rope, moe_options(Tk), s, ctx);
+    linear_backward<T>(dcat, 2 * D, g + mp.eh_proj, dres, D, a.cat, 2 * D, W.w + mp.eh_proj, Nk,
                        2 * D, D, false, ctx);
-    rmsnorm_backward<T>(demb, D, g + mp.enorm, dcat, 2 * D, a.emb, D, w + mp.enorm, a.rstd_e, Nk,
+    rmsnorm_backward<T>(demb, D, g + mp.enorm, dcat, 2 * D, a.emb, D, W.wm + mp.enorm, a.rstd_e, Nk,
                         D, false, ctx);
-    embedding_backward<T>(g + m.embed, demb, rows.ids.data(), Nk, D, ctx);
-    rmsnorm_backward<T>(dprev, D, g + mp.hnorm, dcat + D, 2 * D, a.hprev, D, w + mp.hnorm,
+    embedding_backward<T>(g + m.embed, demb, dr.ids, dr.by_id, Nk, D, ctx);
+    rmsnorm_backward<T>(dprev, D, g + mp.hnorm, dcat + D, 2 * D, a.hprev, D, W.wm + mp.hnorm,
                         a.rstd_h, Nk, D, false, ctx);
     if (sc.on_grads_ready) sc.on_grads_ready(m.layer_range[layer].first, m.layer_range[layer].second);
     T* dsrc = k == 1 ? m.dh0 : m.mtp[k - 2].dhn;
     const int64_t T_src = Tk + 1;
-    for (int64_t b = 0; b < B; ++b)
-      add_inplace<T>(dsrc + b * T_src * D, dprev + b * Tk * D, Tk * D, ctx);
+    copy_rows<T>(dsrc, T_src * D, dprev, Tk * D, B, Tk * D, true, ctx);
     s.release(mark);
   }
 
@@ -525,14 +618,14 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
   phase.emplace(ctx.prof, Phase::norms);
   const size_t mark = s.mark();
   T* dres = s.alloc<T>(N * D);
-  rmsnorm_backward<T>(dres, D, g + m.final_norm, m.dh0, D, m.res[L], D, w + m.final_norm,
+  rmsnorm_backward<T>(dres, D, g + m.final_norm, m.dh0, D, m.res[L], D, W.wm + m.final_norm,
                       m.rstd_final, N, D, false, ctx);
   if (sc.on_grads_ready) sc.on_grads_ready(m.tail_range.first, m.tail_range.second);
   for (int64_t l = L - 1; l >= 0; --l) {
-    layer_backward<T>(dres, m.res[l], m.lacts[l], m.layers[l], w, g, c, main_seq, rope, main_mo, s, ctx);
+    layer_backward<T>(dres, m.res[l], m.lacts[l], m.layers[l], W, c, main_seq, rope, main_mo, s, ctx);
     if (sc.on_grads_ready) sc.on_grads_ready(m.layer_range[l].first, m.layer_range[l].second);
   }
-  embedding_backward<T>(g + m.embed, dres, m.wb.main.ids.data(), N, D, ctx);
+  embedding_backward<T>(g + m.embed, dres, main_rows.ids, main_rows.by_id, N, D, ctx);
   if (sc.on_grads_ready) sc.on_grads_ready(m.embed_range.first, m.embed_range.second);
   s.release(mark);
   return r;
@@ -540,5 +633,6 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
 
 template class Model<float>;
 template class Model<double>;
+template class Model<bf16>;
 
 }  // namespace um

@@ -1,7 +1,8 @@
 // The Pangu-style MoE transformer (DESIGN 1): embedding, decoder layers with DSSN, MLA and a
 // dense or MoE FFN, final norm, LM head, MTP modules, and the loss J of DESIGN 1.8:
 //   J = CE(main) + (lambda/D) sum_k CE^k + alpha sum_l mean_pools B_l + beta_z sum_l mean z^2
-// A Model holds parameter offsets and the activation memory for one micro-batch; the weights
+// A Model holds parameter offsets and the activation memory for one micro-batch on one device
+// (Model<float> and Model<double> on the CPU, Model<float> and Model<bf16> on CUDA); the weights
 // live in a ParamStore owned by the caller, so the trainer, the optimizer and checkpoints work on
 // the flat buffers directly. Forward and backward of a micro-batch are one call: every loss term
 // is already divided by its global count (StepScales), so gradients of micro-batches and ranks
@@ -36,6 +37,7 @@ struct ModelOptions {
   bool aux_free = false;           // use the aux-free bias in selection (noaux_tc implies it)
   MoeComms comms;                  // expert parallelism and cross-rank balance pools (null: local)
   Recompute recompute;             // activations rebuilt in the backward instead of kept
+  Device device = Device::cpu;     // where activations live (the ParamStore must be there too)
 };
 
 // Normalisations known before the forward (DESIGN 1.6-1.8), the same on every micro-batch of a
@@ -88,8 +90,9 @@ class Model {
                                Capture<T>* capture = nullptr);
 
   // Standard deviation over all elements of every main layer's attention and FFN outputs (before
-  // their post-norms) in the last forward of B sequences.
-  void sublayer_output_std(int64_t B, std::vector<double>& attn, std::vector<double>& ffn) const;
+  // their post-norms) in the last forward of B sequences (downloaded to the host).
+  void sublayer_output_std(int64_t B, std::vector<double>& attn, std::vector<double>& ffn,
+                           const Ctx& ctx) const;
 
   const ModelConfig& config() const { return cfg_; }
   const ModelOptions& options() const { return opt_; }

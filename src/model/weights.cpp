@@ -1,17 +1,26 @@
 #include "model/weights.h"
 
+#include <vector>
+
 #include "core/rng.h"
+#include "ops/elementwise.h"
 
 namespace um {
 
 template <class T>
-void init_params(ParamStore<T>& store, const ParamTable& table, const ModelConfig& c,
-                 uint64_t seed) {
+void ParamStore<T>::sync_compute(const Ctx& ctx) {
+  if constexpr (kHasComputeCopy) cast_from_acc<T>(wc.data(), w.data(), w.size(), false, ctx);
+}
+
+namespace {
+
+template <class A>
+void init_values(A* w, const ParamTable& table, const ModelConfig& c, uint64_t seed) {
   const double matrix_std = matrix_init_std(c);
   for (const ParamInfo& p : table.params) {
-    T* w = store.w.data() + p.offset;
+    A* x = w + p.offset;
     if (p.init == InitRule::constant || p.init == InitRule::zeros) {
-      std::fill(w, w + p.numel, T(p.init == InitRule::constant ? p.value : 0.0));
+      std::fill(x, x + p.numel, A(p.init == InitRule::constant ? p.value : 0.0));
       continue;
     }
     // a tied embedding is also the LM head and takes the matrix rule (DESIGN 1.3)
@@ -19,11 +28,40 @@ void init_params(ParamStore<T>& store, const ParamTable& table, const ModelConfi
     const double std = embedding ? c.init_embedding_std : matrix_std;
     const Philox rng(seed, p.name);
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < p.numel; ++i) w[i] = static_cast<T>(std * rng.normal(i));
+    for (int64_t i = 0; i < p.numel; ++i) x[i] = static_cast<A>(std * rng.normal(i));
   }
-  std::fill(store.buf.data(), store.buf.data() + store.buf.size(), T(0));
 }
 
+}  // namespace
+
+template <class T>
+void init_params(ParamStore<T>& store, const ParamTable& table, const ModelConfig& c,
+                 uint64_t seed, const Ctx& ctx) {
+  using A = acc_t<T>;
+  if (store.device() == Device::cpu) {
+    init_values(store.w.data(), table, c, seed);
+  } else {
+    std::vector<A> host(size_t(store.w.size()), A(0));
+    init_values(host.data(), table, c, seed);
+    ctx.upload(store.w.data(), host.data(), host.size());
+  }
+  ctx.zero(store.buf.data(), size_t(store.buf.size()));
+  store.sync_compute(ctx);
+}
+
+template <class T>
+void init_params(ParamStore<T>& store, const ParamTable& table, const ModelConfig& c, uint64_t seed) {
+  UM_CHECK(store.device() == Device::cpu, "init", "a device store needs a Ctx");
+  Workspace ws;
+  init_params(store, table, c, seed, Ctx::cpu(&ws));
+}
+
+template struct ParamStore<float>;
+template struct ParamStore<double>;
+template struct ParamStore<bf16>;
+template void init_params<float>(ParamStore<float>&, const ParamTable&, const ModelConfig&, uint64_t, const Ctx&);
+template void init_params<double>(ParamStore<double>&, const ParamTable&, const ModelConfig&, uint64_t, const Ctx&);
+template void init_params<bf16>(ParamStore<bf16>&, const ParamTable&, const ModelConfig&, uint64_t, const Ctx&);
 template void init_params<float>(ParamStore<float>&, const ParamTable&, const ModelConfig&, uint64_t);
 template void init_params<double>(ParamStore<double>&, const ParamTable&, const ModelConfig&, uint64_t);
 

@@ -8,9 +8,10 @@
 #include <limits>
 
 #include "core/error.h"
-#include "ops/gemm.h"
+#include "ops/backend.h"
 
 namespace um {
+namespace cpu {
 namespace {
 
 struct Segment {
@@ -79,7 +80,7 @@ void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, const i
     T* lb = lse + (sg.b * H + h) * T_len + sg.start;
     for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
       const int64_t nq = std::min(kQueryBlock, n - i0), nk = i0 + nq;
-      gemm<T>(false, true, nq, nk, dqk, T(scale), qb + i0 * ldqk, ldqk, kb, ldqk, T(0), S, nk);
+      cpu::gemm<T>(false, true, nq, nk, dqk, T(scale), qb + i0 * ldqk, ldqk, kb, ldqk, T(0), S, nk);
       for (int64_t r = 0; r < nq; ++r) {
         T* row = S + r * nk;
         const int64_t n_valid = i0 + r + 1;  // keys 0..i0+r
@@ -96,7 +97,7 @@ void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, const i
         for (int64_t j = n_valid; j < nk; ++j) row[j] = 0;
         lb[i0 + r] = m + std::log(l);
       }
-      gemm<T>(false, false, nq, dv, nk, T(1), S, nk, vb, ldv, T(0), ob + i0 * ldv, ldv);
+      cpu::gemm<T>(false, false, nq, dv, nk, T(1), S, nk, vb, ldv, T(0), ob + i0 * ldv, ldv);
     }
   }
 }
@@ -134,7 +135,7 @@ void attention_backward(T* dq, T* dk, T* dv_out, const T* d_o, const T* o, const
     }
     for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
       const int64_t nq = std::min(kQueryBlock, n - i0), nk = i0 + nq;
-      gemm<T>(false, true, nq, nk, dqk, T(scale), qb + i0 * ldqk, ldqk, kb, ldqk, T(0), P, nk);
+      cpu::gemm<T>(false, true, nq, nk, dqk, T(scale), qb + i0 * ldqk, ldqk, kb, ldqk, T(0), P, nk);
       for (int64_t r = 0; r < nq; ++r) {
         T* row = P + r * nk;
         const int64_t n_valid = i0 + r + 1;
@@ -144,8 +145,8 @@ void attention_backward(T* dq, T* dk, T* dv_out, const T* d_o, const T* o, const
         for (int64_t j = n_valid; j < nk; ++j) row[j] = 0;
       }
       // dV += P^T dO ;  dP = dO V^T
-      gemm<T>(true, false, nk, dv, nq, T(1), P, nk, dob + i0 * ldv, ldv, T(1), dvb, ldv);
-      gemm<T>(false, true, nq, nk, dv, T(1), dob + i0 * ldv, ldv, vb, ldv, T(0), dS, nk);
+      cpu::gemm<T>(true, false, nk, dv, nq, T(1), P, nk, dob + i0 * ldv, ldv, T(1), dvb, ldv);
+      cpu::gemm<T>(false, true, nq, nk, dv, T(1), dob + i0 * ldv, ldv, vb, ldv, T(0), dS, nk);
       // dS = P * (dP - rowsum(dO * O))
       for (int64_t r = 0; r < nq; ++r) {
         const T* dor = dob + (i0 + r) * ldv;
@@ -157,20 +158,36 @@ void attention_backward(T* dq, T* dk, T* dv_out, const T* d_o, const T* o, const
         for (int64_t j = 0; j < nk; ++j) ds[j] = p[j] * (ds[j] - D);
       }
       // dQ = scale dS K ;  dK += scale dS^T Q
-      gemm<T>(false, false, nq, dqk, nk, T(scale), dS, nk, kb, ldqk, T(0), dqb + i0 * ldqk, ldqk);
-      gemm<T>(true, false, nk, dqk, nq, T(scale), dS, nk, qb + i0 * ldqk, ldqk, T(1), dkb, ldqk);
+      cpu::gemm<T>(false, false, nq, dqk, nk, T(scale), dS, nk, kb, ldqk, T(0), dqb + i0 * ldqk, ldqk);
+      cpu::gemm<T>(true, false, nk, dqk, nq, T(scale), dS, nk, qb + i0 * ldqk, ldqk, T(1), dkb, ldqk);
     }
   }
 }
 
-#define UM_INSTANTIATE(T)                                                                      \
-  template void attention_forward<T>(T*, T*, const T*, const T*, const T*, const int32_t*,     \
-                                     int64_t, int64_t, int, int, int, double, const Ctx&);     \
-  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,      \
-                                      const T*, const T*, const int32_t*, int64_t, int64_t,    \
-                                      int, int, int, double, const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_attention(Backend& b) {
+  b.f32.attention_forward = &attention_forward<float>;
+  b.f32.attention_backward = &attention_backward<float>;
+  b.f64.attention_forward = &attention_forward<double>;
+  b.f64.attention_backward = &attention_backward<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+void attention_forward(T* o, acc_t<T>* lse, const T* q, const T* k, const T* v, const int32_t* seg_start,
+                       int64_t B, int64_t T_len, int H, int dqk, int dv, double scale, const Ctx& ctx) {
+  UM_OP(attention_forward, T, ctx)(o, lse, q, k, v, seg_start, B, T_len, H, dqk, dv, scale, ctx);
+}
+
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv_out, const T* d_o, const T* o, const acc_t<T>* lse,
+                        const T* q, const T* k, const T* v, const int32_t* seg_start, int64_t B,
+                        int64_t T_len, int H, int dqk, int dv, double scale, const Ctx& ctx) {
+  UM_OP(attention_backward, T, ctx)(dq, dk, dv_out, d_o, o, lse, q, k, v, seg_start, B, T_len, H, dqk, dv,
+                                    scale, ctx);
+}
+
+UM_INSTANTIATE_OP(attention_forward)
+UM_INSTANTIATE_OP(attention_backward)
 
 }  // namespace um

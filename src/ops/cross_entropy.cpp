@@ -7,13 +7,15 @@
 #include <limits>
 
 #include "core/error.h"
-#include "ops/gemm.h"
+#include "ops/backend.h"
 
 namespace um {
 
 int64_t ce_chunk_rows(int64_t V) {
   return std::clamp<int64_t>((int64_t{1} << 22) / std::max<int64_t>(V, 1), 16, 4096);
 }
+
+namespace cpu {
 
 template <class T>
 double lm_head_cross_entropy(T* dh, T* dW, T* logits_out, int32_t* argmax_out, const T* h,
@@ -30,7 +32,7 @@ double lm_head_cross_entropy(T* dh, T* dW, T* logits_out, int32_t* argmax_out, c
 
   for (int64_t n0 = 0; n0 < N; n0 += C) {
     const int64_t nc = std::min(C, N - n0);
-    gemm<T>(false, true, nc, V, D, T(1), h + n0 * D, D, W, D, T(0), logits, V);
+    cpu::gemm<T>(false, true, nc, V, D, T(1), h + n0 * D, D, W, D, T(0), logits, V);
     if (logits_out) std::memcpy(logits_out + n0 * V, logits, sizeof(T) * nc * V);
 
 #pragma omp parallel for schedule(static) num_threads(ctx.threads_for(nc * V))
@@ -58,18 +60,27 @@ double lm_head_cross_entropy(T* dh, T* dW, T* logits_out, int32_t* argmax_out, c
       row[tgt] -= s;
     }
     for (int64_t r = 0; r < nc; ++r) total += row_loss[r];
-    if (dh) gemm<T>(false, false, nc, D, V, T(1), logits, V, W, D, T(0), dh + n0 * D, D);
-    if (dW) gemm<T>(true, false, V, D, nc, T(1), logits, V, h + n0 * D, D, T(1), dW, D);
+    if (dh) cpu::gemm<T>(false, false, nc, D, V, T(1), logits, V, W, D, T(0), dh + n0 * D, D);
+    if (dW) cpu::gemm<T>(true, false, V, D, nc, T(1), logits, V, h + n0 * D, D, T(1), dW, D);
   }
   return total;
 }
 
-#define UM_INSTANTIATE(T)                                                                      \
-  template double lm_head_cross_entropy<T>(T*, T*, T*, int32_t*, const T*, const T*,           \
-                                           const int32_t*, int64_t, int64_t, int64_t, double,   \
-                                           const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_cross_entropy(Backend& b) {
+  b.f32.lm_head_cross_entropy = &lm_head_cross_entropy<float>;
+  b.f64.lm_head_cross_entropy = &lm_head_cross_entropy<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+double lm_head_cross_entropy(T* dh, acc_t<T>* dW, T* logits_out, int32_t* argmax_out, const T* h,
+                             const T* W, const int32_t* targets, int64_t N, int64_t D, int64_t V,
+                             double scale, const Ctx& ctx) {
+  return UM_OP(lm_head_cross_entropy, T, ctx)(dh, dW, logits_out, argmax_out, h, W, targets, N, D, V,
+                                              scale, ctx);
+}
+
+UM_INSTANTIATE_OP(lm_head_cross_entropy)
 
 }  // namespace um

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 
-#include "ops/gemm.h"
+#include "ops/backend.h"
 
 namespace um {
-
+namespace cpu {
 namespace {
 // Run the groups side by side, one per thread with single-threaded BLAS (OpenBLAS's OpenMP build
 // runs single-threaded inside a parallel region), unless one group is larger than a thread's share
@@ -29,8 +29,8 @@ void grouped_linear_forward(T* Y, const T* X, int64_t ldx, const T* W, int64_t w
   for (int64_t e = 0; e < n_groups; ++e) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;  // an expert no token reached
-    gemm<T>(false, true, n, n_out, n_in, T(1), X + r0 * ldx, ldx, W + e * w_stride, n_in, T(0),
-            Y + r0 * n_out, n_out);
+    cpu::gemm<T>(false, true, n, n_out, n_in, T(1), X + r0 * ldx, ldx, W + e * w_stride, n_in, T(0),
+                 Y + r0 * n_out, n_out);
   }
 }
 
@@ -44,23 +44,38 @@ void grouped_linear_backward(T* dX, T* dW, const T* dY, const T* X, int64_t ldx,
     const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
     if (dX)
-      gemm<T>(false, false, n, n_in, n_out, T(1), dY + r0 * n_out, n_out, W + e * w_stride, n_in,
-              T(0), dX + r0 * ldx, ldx);
+      cpu::gemm<T>(false, false, n, n_in, n_out, T(1), dY + r0 * n_out, n_out, W + e * w_stride,
+                   n_in, T(0), dX + r0 * ldx, ldx);
     if (dW)
-      gemm<T>(true, false, n_out, n_in, n, T(1), dY + r0 * n_out, n_out, X + r0 * ldx, ldx, T(1),
-              dW + e * w_stride, n_in);
+      cpu::gemm<T>(true, false, n_out, n_in, n, T(1), dY + r0 * n_out, n_out, X + r0 * ldx, ldx,
+                   T(1), dW + e * w_stride, n_in);
   }
 }
 
-#define UM_INSTANTIATE(T)                                                                      \
-  template void grouped_linear_forward<T>(T*, const T*, int64_t, const T*, int64_t,            \
-                                          const int32_t*, int64_t, int64_t, int64_t,           \
-                                          const Ctx&);                                         \
-  template void grouped_linear_backward<T>(T*, T*, const T*, const T*, int64_t, const T*,      \
-                                           int64_t, const int32_t*, int64_t, int64_t, int64_t, \
-                                           const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_grouped_gemm(Backend& b) {
+  b.f32.grouped_linear_forward = &grouped_linear_forward<float>;
+  b.f32.grouped_linear_backward = &grouped_linear_backward<float>;
+  b.f64.grouped_linear_forward = &grouped_linear_forward<double>;
+  b.f64.grouped_linear_backward = &grouped_linear_backward<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+void grouped_linear_forward(T* Y, const T* X, int64_t ldx, const T* W, int64_t w_stride,
+                            const int32_t* offsets, int64_t n_groups, int64_t n_in, int64_t n_out,
+                            const Ctx& ctx) {
+  UM_OP(grouped_linear_forward, T, ctx)(Y, X, ldx, W, w_stride, offsets, n_groups, n_in, n_out, ctx);
+}
+
+template <class T>
+void grouped_linear_backward(T* dX, acc_t<T>* dW, const T* dY, const T* X, int64_t ldx, const T* W,
+                             int64_t w_stride, const int32_t* offsets, int64_t n_groups,
+                             int64_t n_in, int64_t n_out, const Ctx& ctx) {
+  UM_OP(grouped_linear_backward, T, ctx)(dX, dW, dY, X, ldx, W, w_stride, offsets, n_groups, n_in, n_out, ctx);
+}
+
+UM_INSTANTIATE_OP(grouped_linear_forward)
+UM_INSTANTIATE_OP(grouped_linear_backward)
 
 }  // namespace um

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/backend.h"
+
 namespace um {
+namespace cpu {
 
 template <class T>
 void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, const AdamWHyper& h, const Ctx& ctx) {
@@ -48,12 +51,37 @@ void scale_inplace(T* g, int64_t n, double c, const Ctx& ctx) {
   for (int64_t i = 0; i < n; ++i) g[i] *= cc;
 }
 
-#define UM_INSTANTIATE(T)                                                                       \
-  template void adamw_update<T>(T*, T*, T*, const T*, int64_t, const AdamWHyper&, const Ctx&); \
-  template double sum_squares<T>(const T*, int64_t, const Ctx&);                                \
-  template void scale_inplace<T>(T*, int64_t, double, const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+template <class T>
+void register_optim_types(OpTable<T>& t) {
+  t.adamw_update = &adamw_update<T>;
+  t.sum_squares = &sum_squares<T>;
+  t.scale_inplace = &scale_inplace<T>;
+}
+
+void register_optim(Backend& b) {
+  register_optim_types(b.f32);
+  register_optim_types(b.f64);
+}
+
+}  // namespace cpu
+
+template <class T>
+void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, const AdamWHyper& h, const Ctx& ctx) {
+  UM_OP(adamw_update, T, ctx)(p, m, v, g, n, h, ctx);
+}
+
+template <class T>
+double sum_squares(const T* g, int64_t n, const Ctx& ctx) {
+  return UM_OP(sum_squares, T, ctx)(g, n, ctx);
+}
+
+template <class T>
+void scale_inplace(T* g, int64_t n, double c, const Ctx& ctx) {
+  UM_OP(scale_inplace, T, ctx)(g, n, c, ctx);
+}
+
+UM_INSTANTIATE_ACC_OP(adamw_update)
+UM_INSTANTIATE_ACC_OP(sum_squares)
+UM_INSTANTIATE_ACC_OP(scale_inplace)
 
 }  // namespace um

@@ -4,7 +4,8 @@
 //   p <- p * (1 - lr*wd)
 //   m <- b1 m + (1-b1) g ;  v <- b2 v + (1-b2) g^2
 //   p <- p - lr/(1-b1^step) * m / (sqrt(v)/sqrt(1-b2^step) + eps)
-// Moments are kept in the parameter type (f32 on CPU; f64 in tests).
+// Parameters, moments and gradients are the f32 master buffers (f64 in tests): these ops run on
+// the accumulation type on every backend.
 #pragma once
 
 #include <cstdint>

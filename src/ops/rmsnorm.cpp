@@ -2,9 +2,11 @@
 
 #include <cmath>
 
+#include "ops/backend.h"
 #include "ops/reduce.h"
 
 namespace um {
+namespace cpu {
 
 template <class T>
 void rmsnorm_forward(T* y, int64_t ldy, T* rstd, const T* x, int64_t ldx, const T* g, int64_t N,
@@ -51,13 +53,29 @@ void rmsnorm_backward(T* dx, int64_t lddx, T* dg, const T* dy, int64_t lddy, con
   }
 }
 
-#define UM_INSTANTIATE(T)                                                                     \
-  template void rmsnorm_forward<T>(T*, int64_t, T*, const T*, int64_t, const T*, int64_t,     \
-                                   int64_t, double, const Ctx&);                              \
-  template void rmsnorm_backward<T>(T*, int64_t, T*, const T*, int64_t, const T*, int64_t,    \
-                                    const T*, const T*, int64_t, int64_t, bool, const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_rmsnorm(Backend& b) {
+  b.f32.rmsnorm_forward = &rmsnorm_forward<float>;
+  b.f32.rmsnorm_backward = &rmsnorm_backward<float>;
+  b.f64.rmsnorm_forward = &rmsnorm_forward<double>;
+  b.f64.rmsnorm_backward = &rmsnorm_backward<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+void rmsnorm_forward(T* y, int64_t ldy, acc_t<T>* rstd, const T* x, int64_t ldx, const acc_t<T>* g,
+                     int64_t N, int64_t D, double eps, const Ctx& ctx) {
+  UM_OP(rmsnorm_forward, T, ctx)(y, ldy, rstd, x, ldx, g, N, D, eps, ctx);
+}
+
+template <class T>
+void rmsnorm_backward(T* dx, int64_t lddx, acc_t<T>* dg, const T* dy, int64_t lddy, const T* x,
+                      int64_t ldx, const acc_t<T>* g, const acc_t<T>* rstd, int64_t N, int64_t D,
+                      bool accumulate_dx, const Ctx& ctx) {
+  UM_OP(rmsnorm_backward, T, ctx)(dx, lddx, dg, dy, lddy, x, ldx, g, rstd, N, D, accumulate_dx, ctx);
+}
+
+UM_INSTANTIATE_OP(rmsnorm_forward)
+UM_INSTANTIATE_OP(rmsnorm_backward)
 
 }  // namespace um

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ops/backend.h"
+
 namespace um {
 
 template <class T>
@@ -16,6 +18,7 @@ void rope_tables(T* cos_tab, T* sin_tab, int64_t max_pos, int d, double theta) {
     }
 }
 
+namespace cpu {
 namespace {
 // sign = +1: forward rotation; -1: inverse rotation.
 template <class T>
@@ -51,14 +54,30 @@ void rope_backward(T* dx, const T* dy, const int32_t* pos, const T* cos_tab, con
   rotate<T>(dx, dy, pos, cos_tab, sin_tab, N, n_heads, ld, head_stride, d, T(-1), ctx);
 }
 
-#define UM_INSTANTIATE(T)                                                                      \
-  template void rope_tables<T>(T*, T*, int64_t, int, double);                                  \
-  template void rope_forward<T>(T*, const T*, const int32_t*, const T*, const T*, int64_t, int, \
-                                int64_t, int64_t, int, const Ctx&);                            \
-  template void rope_backward<T>(T*, const T*, const int32_t*, const T*, const T*, int64_t,    \
-                                 int, int64_t, int64_t, int, const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_rope(Backend& b) {
+  b.f32.rope_forward = &rope_forward<float>;
+  b.f32.rope_backward = &rope_backward<float>;
+  b.f64.rope_forward = &rope_forward<double>;
+  b.f64.rope_backward = &rope_backward<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+void rope_forward(T* y, const T* x, const int32_t* pos, const acc_t<T>* cos_tab, const acc_t<T>* sin_tab,
+                  int64_t N, int n_heads, int64_t ld, int64_t head_stride, int d, const Ctx& ctx) {
+  UM_OP(rope_forward, T, ctx)(y, x, pos, cos_tab, sin_tab, N, n_heads, ld, head_stride, d, ctx);
+}
+
+template <class T>
+void rope_backward(T* dx, const T* dy, const int32_t* pos, const acc_t<T>* cos_tab, const acc_t<T>* sin_tab,
+                   int64_t N, int n_heads, int64_t ld, int64_t head_stride, int d, const Ctx& ctx) {
+  UM_OP(rope_backward, T, ctx)(dx, dy, pos, cos_tab, sin_tab, N, n_heads, ld, head_stride, d, ctx);
+}
+
+UM_INSTANTIATE_OP(rope_forward)
+UM_INSTANTIATE_OP(rope_backward)
+template void rope_tables<float>(float*, float*, int64_t, int, double);
+template void rope_tables<double>(double*, double*, int64_t, int, double);
 
 }  // namespace um

@@ -7,9 +7,11 @@
 #include <cmath>
 #include <limits>
 
+#include "ops/backend.h"
 #include "ops/reduce.h"
 
 namespace um {
+namespace cpu {
 
 template <class T>
 void router_scores_forward(T* s, const T* z, int64_t N, int64_t E, ScoreFunc func,
@@ -192,19 +194,56 @@ void router_gates_backward(T* ds, T* d_router_scale, const T* dg, const T* s, co
   }
 }
 
-#define UM_INSTANTIATE(T)                                                                      \
-  template void router_scores_forward<T>(T*, const T*, int64_t, int64_t, ScoreFunc,            \
-                                         const Ctx&);                                          \
-  template void router_scores_backward<T>(T*, const T*, const T*, int64_t, int64_t, ScoreFunc, \
-                                          const Ctx&);                                         \
-  template void router_topk<T>(int32_t*, T*, const T*, const T*, int64_t, int64_t,             \
-                               const TopkSpec&, const Ctx&);                                   \
-  template void router_gates_forward<T>(T*, const T*, const int32_t*, const T*, int64_t,       \
-                                        int64_t, int, bool, double, const Ctx&);               \
-  template void router_gates_backward<T>(T*, T*, const T*, const T*, const int32_t*, const T*, \
-                                         int64_t, int64_t, int, bool, double, const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_router(Backend& b) {
+  b.f32.router_scores_forward = &router_scores_forward<float>;
+  b.f32.router_scores_backward = &router_scores_backward<float>;
+  b.f32.router_topk = &router_topk<float>;
+  b.f32.router_gates_forward = &router_gates_forward<float>;
+  b.f32.router_gates_backward = &router_gates_backward<float>;
+  b.f64.router_scores_forward = &router_scores_forward<double>;
+  b.f64.router_scores_backward = &router_scores_backward<double>;
+  b.f64.router_topk = &router_topk<double>;
+  b.f64.router_gates_forward = &router_gates_forward<double>;
+  b.f64.router_gates_backward = &router_gates_backward<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+void router_scores_forward(T* s, const T* z, int64_t N, int64_t E, ScoreFunc func, const Ctx& ctx) {
+  UM_OP(router_scores_forward, T, ctx)(s, z, N, E, func, ctx);
+}
+
+template <class T>
+void router_scores_backward(T* dz, const T* ds, const T* s, int64_t N, int64_t E, ScoreFunc func,
+                            const Ctx& ctx) {
+  UM_OP(router_scores_backward, T, ctx)(dz, ds, s, N, E, func, ctx);
+}
+
+template <class T>
+void router_topk(int32_t* idx, T* margin, const T* s, const T* bias, int64_t N, int64_t E,
+                 const TopkSpec& spec, const Ctx& ctx) {
+  UM_OP(router_topk, T, ctx)(idx, margin, s, bias, N, E, spec, ctx);
+}
+
+template <class T>
+void router_gates_forward(T* g, const T* s, const int32_t* idx, const T* router_scale, int64_t N,
+                          int64_t E, int k, bool norm_topk_prob, double scaling, const Ctx& ctx) {
+  UM_OP(router_gates_forward, T, ctx)(g, s, idx, router_scale, N, E, k, norm_topk_prob, scaling, ctx);
+}
+
+template <class T>
+void router_gates_backward(T* ds, T* d_router_scale, const T* dg, const T* s, const int32_t* idx,
+                           const T* router_scale, int64_t N, int64_t E, int k,
+                           bool norm_topk_prob, double scaling, const Ctx& ctx) {
+  UM_OP(router_gates_backward, T, ctx)(ds, d_router_scale, dg, s, idx, router_scale, N, E, k,
+                                       norm_topk_prob, scaling, ctx);
+}
+
+UM_INSTANTIATE_ACC_OP(router_scores_forward)
+UM_INSTANTIATE_ACC_OP(router_scores_backward)
+UM_INSTANTIATE_ACC_OP(router_topk)
+UM_INSTANTIATE_ACC_OP(router_gates_forward)
+UM_INSTANTIATE_ACC_OP(router_gates_backward)
 
 }  // namespace um

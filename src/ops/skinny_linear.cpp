@@ -1,8 +1,11 @@
 #include "ops/skinny_linear.h"
 
+#include "ops/backend.h"
+
 #include <algorithm>
 
 namespace um {
+namespace cpu {
 
 namespace {
 
@@ -66,11 +69,19 @@ void skinny_linear_forward(T* y, int64_t ldy, const T* x, int64_t ldx, const T* 
   }
 }
 
-#define UM_INSTANTIATE(T)                                                                                  \
-  template void skinny_linear_forward<T>(T*, int64_t, const T*, int64_t, const T*, int64_t, int64_t, int64_t, \
-                                    int64_t, const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_skinny_linear(Backend& b) {
+  b.f32.skinny_linear_forward = &skinny_linear_forward<float>;
+  b.f64.skinny_linear_forward = &skinny_linear_forward<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+void skinny_linear_forward(T* y, int64_t ldy, const T* x, int64_t ldx, const T* W, int64_t ldw, int64_t N,
+                           int64_t n_in, int64_t n_out, const Ctx& ctx) {
+  UM_OP(skinny_linear_forward, T, ctx)(y, ldy, x, ldx, W, ldw, N, n_in, n_out, ctx);
+}
+
+UM_INSTANTIATE_OP(skinny_linear_forward)
 
 }  // namespace um

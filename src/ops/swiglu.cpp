@@ -3,7 +3,10 @@
 
 #include <cmath>
 
+#include "ops/backend.h"
+
 namespace um {
+namespace cpu {
 
 template <class T>
 void swiglu_forward(T* h, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
@@ -36,11 +39,26 @@ void swiglu_backward(T* dgu, const T* dh, const T* gu, int64_t N, int64_t F, con
   }
 }
 
-#define UM_INSTANTIATE(T)                                                          \
-  template void swiglu_forward<T>(T*, const T*, int64_t, int64_t, const Ctx&);     \
-  template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t, const Ctx&);
-UM_INSTANTIATE(float)
-UM_INSTANTIATE(double)
-#undef UM_INSTANTIATE
+void register_swiglu(Backend& b) {
+  b.f32.swiglu_forward = &swiglu_forward<float>;
+  b.f32.swiglu_backward = &swiglu_backward<float>;
+  b.f64.swiglu_forward = &swiglu_forward<double>;
+  b.f64.swiglu_backward = &swiglu_backward<double>;
+}
+
+}  // namespace cpu
+
+template <class T>
+void swiglu_forward(T* h, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
+  UM_OP(swiglu_forward, T, ctx)(h, gu, N, F, ctx);
+}
+
+template <class T>
+void swiglu_backward(T* dgu, const T* dh, const T* gu, int64_t N, int64_t F, const Ctx& ctx) {
+  UM_OP(swiglu_backward, T, ctx)(dgu, dh, gu, N, F, ctx);
+}
+
+UM_INSTANTIATE_OP(swiglu_forward)
+UM_INSTANTIATE_OP(swiglu_backward)
 
 }  // namespace um

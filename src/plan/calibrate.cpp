@@ -109,7 +109,7 @@ std::vector<OpMeasurement> measure_gemm_sweep(const Hardware& hw) {
         if (n != k && (n != 4 * k && k != 4 * n)) continue;  // square, and the FFN's 4x shapes
         std::vector<float> x(static_cast<size_t>(m * k), 0.5f), w(static_cast<size_t>(n * k), 0.25f),
             y(static_cast<size_t>(m * n));
-        auto call = [&] { gemm<float>(false, true, m, n, k, 1.f, x.data(), k, w.data(), k, 0.f, y.data(), n); };
+        auto call = [&] { cpu::gemm<float>(false, true, m, n, k, 1.f, x.data(), k, w.data(), k, 0.f, y.data(), n); };
         OpMeasurement op;
         op.name = "sgemm/" + std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k);
         op.kind = "gemm";
@@ -161,11 +161,11 @@ double measure_cross_entropy_logit_seconds() {
   }, kSweepReps, kSweepRound);
   // the fused op's three GEMMs: logits = h W^T, dh = dl W, dW += dl^T h
   const double gemms =
-      best_time([&] { gemm<float>(false, true, N, V, D, 1.f, h.data(), D, W.data(), D, 0.f, logits.data(), V); },
+      best_time([&] { cpu::gemm<float>(false, true, N, V, D, 1.f, h.data(), D, W.data(), D, 0.f, logits.data(), V); },
                 kSweepReps, kSweepRound) +
-      best_time([&] { gemm<float>(false, false, N, D, V, 1.f, logits.data(), V, W.data(), D, 0.f, dh.data(), D); },
+      best_time([&] { cpu::gemm<float>(false, false, N, D, V, 1.f, logits.data(), V, W.data(), D, 0.f, dh.data(), D); },
                 kSweepReps, kSweepRound) +
-      best_time([&] { gemm<float>(true, false, V, D, N, 1.f, logits.data(), V, h.data(), D, 1.f, dW.data(), D); },
+      best_time([&] { cpu::gemm<float>(true, false, V, D, N, 1.f, logits.data(), V, h.data(), D, 1.f, dW.data(), D); },
                 kSweepReps, kSweepRound);
   return std::max(0.0, fused - gemms) / static_cast<double>(N * V);
 }

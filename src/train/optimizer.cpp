@@ -63,26 +63,33 @@ void adamw_step(ParamStore<T>& ps, const Optimizer& opt, const TrainConfig& tc, 
   for (const DecayRun& r : opt.runs) {
     AdamWHyper h{lr, tc.adam_beta1, tc.adam_beta2, tc.adam_eps, r.decay ? tc.weight_decay : 0.0, step};
     const int64_t mi = opt.moment_index(r.begin);
-    adamw_update<T>(ps.w.data() + r.begin, ps.m.data() + mi, ps.v.data() + mi, ps.g.data() + r.begin,
-                    r.end - r.begin, h, ctx);
+    adamw_update<acc_t<T>>(ps.w.data() + r.begin, ps.m.data() + mi, ps.v.data() + mi, ps.g.data() + r.begin,
+                           r.end - r.begin, h, ctx);
   }
 }
 
 template <class T>
-void aux_free_update(T* bias, const std::vector<int64_t>& load, double gamma) {
+void aux_free_update(T* bias, const std::vector<int64_t>& load, double gamma, std::vector<std::byte>& host,
+                     const Ctx& ctx) {
+  const size_t E = load.size();
   double mean = 0;
   for (int64_t l : load) mean += double(l);
-  mean /= double(load.size());
-  for (size_t i = 0; i < load.size(); ++i) {
+  mean /= double(E);
+  if (host.size() < E * sizeof(T)) host.resize(E * sizeof(T));
+  T* b = reinterpret_cast<T*>(host.data());
+  ctx.download(b, bias, E);
+  for (size_t i = 0; i < E; ++i) {
     const double d = mean - double(load[i]);
     const double sign = d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0);
-    bias[i] = static_cast<T>(bias[i] + gamma * sign);
+    b[i] = static_cast<T>(b[i] + gamma * sign);
   }
+  ctx.upload(bias, b, E);
 }
 
 template void adamw_step<float>(ParamStore<float>&, const Optimizer&, const TrainConfig&, double, int64_t, const Ctx&);
 template void adamw_step<double>(ParamStore<double>&, const Optimizer&, const TrainConfig&, double, int64_t, const Ctx&);
-template void aux_free_update<float>(float*, const std::vector<int64_t>&, double);
-template void aux_free_update<double>(double*, const std::vector<int64_t>&, double);
+template void adamw_step<bf16>(ParamStore<bf16>&, const Optimizer&, const TrainConfig&, double, int64_t, const Ctx&);
+template void aux_free_update<float>(float*, const std::vector<int64_t>&, double, std::vector<std::byte>&, const Ctx&);
+template void aux_free_update<double>(double*, const std::vector<int64_t>&, double, std::vector<std::byte>&, const Ctx&);
 
 }  // namespace um

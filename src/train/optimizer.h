@@ -40,13 +40,16 @@ struct Optimizer {
 };
 
 // One AdamW update of every element the optimizer owns; `step` is the Adam step count after
-// this update. Moments live in ps.m / ps.v at moment_index().
+// this update. Moments live in ps.m / ps.v at moment_index(). The caller refreshes the compute
+// copy of the weights (ps.sync_compute) afterwards.
 template <class T>
 void adamw_step(ParamStore<T>& ps, const Optimizer& opt, const TrainConfig& tc, double lr,
                 int64_t step, const Ctx& ctx);
 
-// b_i += gamma * sign(mean_j load_j - load_i) for one MoE layer (sign(0) = 0). load: (E).
+// b_i += gamma * sign(mean_j load_j - load_i) for one MoE layer (sign(0) = 0). load: (E), on the
+// host; bias: (E) on ctx's device (E values: updated on the host through `host`, reused storage).
 template <class T>
-void aux_free_update(T* bias, const std::vector<int64_t>& load, double gamma);
+void aux_free_update(T* bias, const std::vector<int64_t>& load, double gamma, std::vector<std::byte>& host,
+                     const Ctx& ctx);
 
 }  // namespace um

@@ -6,6 +6,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "ops/elementwise.h"
 #include "ops/optim.h"
 
 namespace um {
@@ -110,7 +111,7 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
   for (auto& s : out.moe) s.reset(c.n_routed_experts);
   out.balance.clear();
 
-  ps.zero_grad();
+  ps.zero_grad(ctx);
   double ce_main = 0;
   const bool overlap = opt && !opt->zero && g.world && g.world->size() > 1;
   out.pending.clear();
@@ -121,12 +122,12 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
   struct Reduce {
     StepOutcome* out;
     Comm* world;
-    T* grad;
+    acc_t<T>* grad;
   } reduce{&out, g.world, ps.g.data()};
   for (int64_t first = 0; first < n_local; first += m) {
     if (overlap && first + m >= n_local)  // the last micro-batch: its finished ranges are final
       sc.on_grads_ready = [r = &reduce](int64_t b, int64_t e) {
-        r->out->pending.push_back(r->world->iall_reduce(r->grad + b, e - b, dtype_of<T>(), ReduceOp::sum));
+        r->out->pending.push_back(r->world->iall_reduce(r->grad + b, e - b, dtype_of<acc_t<T>>(), ReduceOp::sum));
         r->out->pending_elements += e - b;
       };
     const MicroResult& r = model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx);
@@ -166,28 +167,28 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
 }
 
 namespace {
-// ZeRO-1's staging buffer for one shard: grows once, then reused every step.
-template <class T>
-T* zero_scratch(StepOutcome& out, int64_t elements) {
-  std::vector<T>* b;
-  if constexpr (std::is_same_v<T, float>) b = &out.scratch.shard_f;
-  else b = &out.scratch.shard_d;
-  if (b->size() < size_t(elements)) b->resize(size_t(elements));
-  return b->data();
+// ZeRO-1's staging buffer for one shard, on the step's device: grows once, then reused.
+template <class A>
+A* zero_scratch(StepOutcome& out, int64_t elements, const Ctx& ctx) {
+  DeviceBuffer<std::byte>& b = out.scratch.shard;
+  const int64_t bytes = elements * int64_t(sizeof(A));
+  if (b.size() < bytes || b.device() != ctx.device) b = DeviceBuffer<std::byte>(bytes, ctx.device);
+  return reinterpret_cast<A*>(b.data());
 }
 }  // namespace
 
 template <class T>
 void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                   const TrainConfig& tc, int64_t& adam_step, const StepGroups& g, const Ctx& ctx) {
+  using A = acc_t<T>;
   const ModelConfig& c = model.config();
   const size_t n_moe = model.moe_layers().size();
-  T* grad = ps.g.data();
+  A* grad = ps.g.data();
   const int64_t n_dense = opt.zero ? 0 : opt.dense_end;  // replicated region size without ZeRO
   PhaseTimer timer(ctx.prof, Phase::optimizer);
   std::optional<PhaseTimer> comm;
   comm.emplace(ctx.prof, Phase::communication);
-  const DType dt = dtype_of<T>();
+  const DType dt = dtype_of<A>();
 
   // gradient reductions (plain sums, DESIGN 1.8) and the squared norm, every element once
   double ss = 0;
@@ -207,8 +208,8 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
     if (g.edp && g.edp->size() > 1)
       g.edp->all_reduce(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, dt, ReduceOp::sum);
     comm.reset();  // the norm is the optimizer's work
-    double parts[2] = {sum_squares<T>(grad, n_dense, ctx),
-                       sum_squares<T>(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, ctx)};
+    double parts[2] = {sum_squares<A>(grad, n_dense, ctx),
+                       sum_squares<A>(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, ctx)};
     if (g.ep && g.ep->size() > 1) {
       comm.emplace(ctx.prof, Phase::communication);
       g.ep->all_reduce(&parts[1], 1, DType::f64, ReduceOp::sum);  // each expert once
@@ -217,19 +218,19 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   } else {
     // ZeRO-1: reduce-scatter into this rank's shards; each shard's elements counted once
     const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
-    T* shard = zero_scratch<T>(out, std::max(dchunk, echunk));
+    A* shard = zero_scratch<A>(out, std::max(dchunk, echunk), ctx);
     if (g.world && g.world->size() > 1) {
       g.world->reduce_scatter(grad, shard, dchunk, dt, ReduceOp::sum);
-      std::copy(shard, shard + dchunk, grad + opt.dense_begin);
+      ctx.copy(grad + opt.dense_begin, shard, size_t(dchunk));
     }
     if (g.edp && g.edp->size() > 1) {
       const int64_t expert_base = opt.expert_begin - g.edp->rank() * echunk;
       g.edp->reduce_scatter(grad + expert_base, shard, echunk, dt, ReduceOp::sum);
-      std::copy(shard, shard + echunk, grad + opt.expert_begin);
+      ctx.copy(grad + opt.expert_begin, shard, size_t(echunk));
     }
     comm.reset();
-    double part = sum_squares<T>(grad + opt.dense_begin, dchunk, ctx) +
-                  sum_squares<T>(grad + opt.expert_begin, echunk, ctx);
+    double part = sum_squares<A>(grad + opt.dense_begin, dchunk, ctx) +
+                  sum_squares<A>(grad + opt.expert_begin, echunk, ctx);
     if (g.world && g.world->size() > 1) {
       comm.emplace(ctx.prof, Phase::communication);
       g.world->all_reduce(&part, 1, DType::f64, ReduceOp::sum);
@@ -247,26 +248,27 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   const double coef = clip_coefficient(out.grad_norm, tc.grad_clip);
   out.clipped = coef < 1.0;
   if (out.clipped)
-    for (const DecayRun& r : opt.runs) scale_inplace<T>(grad + r.begin, r.end - r.begin, coef, ctx);
+    for (const DecayRun& r : opt.runs) scale_inplace<A>(grad + r.begin, r.end - r.begin, coef, ctx);
   ++adam_step;
   adamw_step<T>(ps, opt, tc, out.lr, adam_step, ctx);
   if (opt.zero) {  // every rank gets the updated weights of every shard
     PhaseTimer gather(ctx.prof, Phase::communication);
     const int64_t dchunk = opt.dense_end - opt.dense_begin, echunk = opt.expert_end - opt.expert_begin;
-    T* mine = zero_scratch<T>(out, std::max(dchunk, echunk));
+    A* mine = zero_scratch<A>(out, std::max(dchunk, echunk), ctx);
     if (g.world && g.world->size() > 1) {
-      std::copy(ps.w.data() + opt.dense_begin, ps.w.data() + opt.dense_end, mine);
+      ctx.copy(mine, ps.w.data() + opt.dense_begin, size_t(dchunk));
       g.world->all_gather(mine, ps.w.data(), dchunk, dt);
     }
     if (g.edp && g.edp->size() > 1) {
-      std::copy(ps.w.data() + opt.expert_begin, ps.w.data() + opt.expert_end, mine);
+      ctx.copy(mine, ps.w.data() + opt.expert_begin, size_t(echunk));
       g.edp->all_gather(mine, ps.w.data() + opt.expert_begin - g.edp->rank() * echunk, echunk, dt);
     }
   }
+  ps.sync_compute(ctx);
   if (tc.aux_free || c.aux_free_bias) {  // loads already summed over the world: same on every rank
     const double gamma = tc.aux_free_gamma.at(out.step);
     for (size_t l = 0; l < n_moe; ++l)
-      aux_free_update<T>(ps.buf.data() + model.bias_offset(l), out.moe[l].load, gamma);
+      aux_free_update<A>(ps.buf.data() + model.bias_offset(l), out.moe[l].load, gamma, out.scratch.bias, ctx);
   }
 }
 
@@ -303,6 +305,7 @@ StepOutcome train_step(Model<T>& model, ParamStore<T>& ps, const Optimizer& opt,
                                      int64_t, int64_t&, const int32_t*, const StepGroups&, const Ctx&);
 UM_INSTANTIATE(float)
 UM_INSTANTIATE(double)
+UM_INSTANTIATE(bf16)
 #undef UM_INSTANTIATE
 
 }  // namespace um

@@ -42,8 +42,8 @@ struct StepOutcome {
     std::vector<int64_t> counts;
     std::vector<int32_t> eos;
     std::vector<double> stats;
-    std::vector<float> shard_f;   // ZeRO-1: one shard of gradients or weights (f32 runs)
-    std::vector<double> shard_d;  // (f64 runs)
+    DeviceBuffer<std::byte> shard;  // ZeRO-1: one shard of gradients or weights, on the device
+    std::vector<std::byte> bias;    // aux-free biases of one layer (host copy)
   } scratch;
 };
 

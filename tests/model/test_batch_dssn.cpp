@@ -84,7 +84,7 @@ TEST(Dssn, AutoCalibrationSetsGainsFromSublayerStd) {
   sc.n_mtp = {1.0};
   model.forward_backward(ps, w.data(), 2, sc, false, ctx);
   std::vector<double> attn, ffn;
-  model.sublayer_output_std(2, attn, ffn);
+  model.sublayer_output_std(2, attn, ffn, ctx);
   EXPECT_NEAR(c_attn, (attn[0] + attn[1] + attn[2]) / 3, 1e-15);
 }
 

@@ -260,7 +260,7 @@ struct EmbeddingCase {
   template <class T>
   Vecs backward(const Vecs&, const Vecs& dout, const Ctx& ctx) const {
     std::vector<T> dy = to<T>(dout[0]), dW(V * D, T(0));
-    embedding_backward<T>(dW.data(), dy.data(), ids.data(), int64_t(ids.size()), D, ctx);
+    embedding_backward<T>(dW.data(), dy.data(), ids.data(), TokensById{}, int64_t(ids.size()), D, ctx);
     return {widen(dW)};
   }
 };

@@ -192,8 +192,10 @@ struct DispatchCase {
   };
   Plan plan() const {
     Plan p{std::vector<int32_t>(E + 1), std::vector<int32_t>(N * k), std::vector<int32_t>(N * k), 0};
-    p.R = routing_permutation(p.offsets.data(), p.row_pair.data(), p.pair_row.data(), idx.data(),
-                              keep.empty() ? nullptr : keep.data(), N, k, E);
+    Workspace ws;
+    routing_permutation(p.offsets.data(), p.row_pair.data(), p.pair_row.data(), idx.data(),
+                        keep.empty() ? nullptr : keep.data(), N, k, E, Ctx::cpu(&ws));
+    p.R = p.offsets[E];
     return p;
   }
   template <class T>
@@ -257,7 +259,10 @@ TEST(RoutingPermutation, StableAndCounted) {
   std::vector<int32_t> expert = {2, 0, 0, 1, 2, 0, 1, 2};
   std::vector<uint8_t> keep = {1, 1, 1, 1, 1, 0, 1, 1};
   std::vector<int32_t> offsets(4), row_pair(8), pair_row(8);
-  int64_t R = routing_permutation(offsets.data(), row_pair.data(), pair_row.data(), expert.data(), keep.data(), 4, 2, 3);
+  Workspace ws;
+  routing_permutation(offsets.data(), row_pair.data(), pair_row.data(), expert.data(), keep.data(), 4, 2, 3,
+                      Ctx::cpu(&ws));
+  const int64_t R = offsets[3];
   EXPECT_EQ(R, 7);
   EXPECT_EQ(offsets, (std::vector<int32_t>{0, 2, 4, 7}));
   EXPECT_EQ(std::vector<int32_t>(row_pair.begin(), row_pair.begin() + R), (std::vector<int32_t>{1, 2, 3, 6, 0, 4, 7}));
