@@ -46,7 +46,7 @@ class Workspace {
 struct Ctx {
   Device device = Device::cpu;
   void* stream = nullptr;  // cudaStream_t on the CUDA backend
-  void* blas = nullptr;    // cublasHandle_t on the CUDA backend (bound to `stream`)
+  void* backend = nullptr; // the backend's own state (CUDA: cuBLAS handle, staging ring)
   int n_threads = 1;       // OpenMP threads used by CPU kernels (and by host-side loops)
   Workspace* workspace = nullptr;
   Profiler* prof = nullptr;  // step-time breakdown (ultramoe bench); null: not measured

@@ -56,6 +56,33 @@ void init_params(ParamStore<T>& store, const ParamTable& table, const ModelConfi
   init_params(store, table, c, seed, Ctx::cpu(&ws));
 }
 
+template <class T>
+void download_state(const ParamStore<T>& ps, ParamStore<acc_t<T>>& host, const Ctx& ctx) {
+  UM_CHECK(host.w.size() == ps.w.size() && host.m.size() == ps.m.size() && host.buf.size() == ps.buf.size(),
+           "params", "host and device stores differ in size");
+  ctx.download(host.w.data(), ps.w.data(), size_t(ps.w.size()));
+  ctx.download(host.m.data(), ps.m.data(), size_t(ps.m.size()));
+  ctx.download(host.v.data(), ps.v.data(), size_t(ps.v.size()));
+  ctx.download(host.buf.data(), ps.buf.data(), size_t(ps.buf.size()));
+}
+
+template <class T>
+void upload_state(ParamStore<T>& ps, const ParamStore<acc_t<T>>& host, const Ctx& ctx) {
+  UM_CHECK(host.w.size() == ps.w.size() && host.m.size() == ps.m.size() && host.buf.size() == ps.buf.size(),
+           "params", "host and device stores differ in size");
+  ctx.upload(ps.w.data(), host.w.data(), size_t(ps.w.size()));
+  ctx.upload(ps.m.data(), host.m.data(), size_t(ps.m.size()));
+  ctx.upload(ps.v.data(), host.v.data(), size_t(ps.v.size()));
+  ctx.upload(ps.buf.data(), host.buf.data(), size_t(ps.buf.size()));
+  ps.sync_compute(ctx);
+  ctx.synchronize();
+}
+
+template void download_state<float>(const ParamStore<float>&, ParamStore<float>&, const Ctx&);
+template void download_state<bf16>(const ParamStore<bf16>&, ParamStore<float>&, const Ctx&);
+template void upload_state<float>(ParamStore<float>&, const ParamStore<float>&, const Ctx&);
+template void upload_state<bf16>(ParamStore<bf16>&, const ParamStore<float>&, const Ctx&);
+
 template struct ParamStore<float>;
 template struct ParamStore<double>;
 template struct ParamStore<bf16>;

@@ -67,6 +67,15 @@ struct WeightPtrs {
   }
 };
 
+// The state a checkpoint holds — master weights, Adam moments, buffers — copied between a
+// store on any device and a host store of the accumulation type (f32), in ctx's stream order.
+// host must have the same shapes (the same table and moment count).
+template <class T>
+void download_state(const ParamStore<T>& ps, ParamStore<acc_t<T>>& host, const Ctx& ctx);
+// ... and back; refreshes the compute copy.
+template <class T>
+void upload_state(ParamStore<T>& ps, const ParamStore<acc_t<T>>& host, const Ctx& ctx);
+
 // Draws every parameter from its own counter-based stream keyed by (seed, name), so values never
 // depend on ranks, ep, threads or which other tensors exist (DESIGN 1.3). Buffers are zeroed.
 // The values are drawn on the host and uploaded to the store's device.

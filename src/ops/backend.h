@@ -11,6 +11,8 @@
 // What it is not: a graph executor. The model calls ops one after another on one stream.
 #pragma once
 
+#include <type_traits>
+
 #include "core/ctx.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
@@ -45,10 +47,15 @@ namespace um {
   X(sum_squares) X(scale_inplace) X(mla_kv_assemble_forward) X(mla_kv_assemble_backward)     \
   X(masked_softmax_rows) X(skinny_linear_forward)
 
+// Pointer to the function type F (some front ends, nvcc's among them, give decltype of a named
+// function template specialization as a reference).
+template <class F>
+using fn_ptr = std::add_pointer_t<std::remove_reference_t<F>>;
+
 template <class T>
 struct OpTable {
   using value_type = T;
-#define UM_OP_FIELD(op) decltype(::um::op<T>)* op = nullptr;
+#define UM_OP_FIELD(op) fn_ptr<decltype(::um::op<T>)> op = nullptr;
   UM_TYPED_OPS(UM_OP_FIELD)
 #undef UM_OP_FIELD
 };
@@ -58,7 +65,7 @@ struct Backend {
   OpTable<float> f32;
   OpTable<double> f64;
   OpTable<um::bf16> b16;
-  decltype(::um::routing_permutation)* routing_permutation = nullptr;  // untyped
+  fn_ptr<decltype(::um::routing_permutation)> routing_permutation = nullptr;  // untyped
 
   template <class T>
   const OpTable<T>& ops() const {

@@ -18,6 +18,8 @@ struct BenchOptions {
   int64_t steps = 5, warmup = 2;
   bool json = false;
   std::string save_windows;  // write the windows used, (steps, B, T+1) int32, for the PyTorch peer
+  std::string device, dtype;  // --device cpu|cuda, --dtype f32|bf16
+  std::string hardware;       // --hardware FILE: the device's peak for MFU (GPU runs)
 };
 
 int run_bench(const BenchOptions& opt);

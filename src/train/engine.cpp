@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "model/flops.h"
+#include "plan/hardware.h"
 #include "train/step.h"
 
 namespace um {
@@ -26,10 +28,51 @@ void warn_moge_devices(const RunConfig& rc, int rank) {
                (long long)m.n_group);
 }
 
-Engine::Engine(const RunConfig& config, Comm& w)
+std::string Placement::describe() const {
+  return std::string(device_name(device)) + " " + std::string(dtype == DType::bf16 ? "bf16 compute, f32 master weights" : "f32");
+}
+
+Placement parse_placement(const std::string& device, const std::string& dtype) {
+  Placement p;
+  p.device = parse_device(device.empty() ? "cpu" : device);
+  if (dtype.empty()) p.dtype = p.device == Device::cuda ? DType::bf16 : DType::f32;
+  else if (dtype == "f32") p.dtype = DType::f32;
+  else if (dtype == "bf16") p.dtype = DType::bf16;
+  else fail("cli", "--dtype: expected f32 or bf16, got \"", dtype, "\"");
+  UM_CHECK(p.device == Device::cuda || p.dtype == DType::f32, "cli", "--dtype bf16 needs --device cuda");
+  return p;
+}
+
+Peak run_peak(const Placement& pl, const std::string& hardware, int n_threads, int W) {
+  Peak p;
+  char buf[512];
+  if (pl.device == Device::cpu) {
+    const CpuPeak c = cpu_peak(n_threads);
+    p.flops = c.flops * W;
+    std::snprintf(buf, sizeof buf, "FP32 peak: %d rank(s) x %d cores x %.2f GHz x 32 = %.1f GFLOP/s (clock: %s)", W, c.cores,
+                  c.ghz, p.flops / 1e9, c.source.c_str());
+    p.describe = buf;
+  } else if (!hardware.empty()) {
+    const plan::Hardware hw = plan::read_hardware_file(hardware);
+    p.flops = hw.peak_flops * W;
+    std::snprintf(buf, sizeof buf, "%s peak: %d device(s) x %.1f TFLOP/s (%s)", plan::precision_name(hw.precision), W,
+                  hw.peak_flops / 1e12, hw.name.c_str());
+    p.describe = buf;
+  } else {
+    p.describe = "not reported (pass --hardware FILE with the device's peak, e.g. configs/hardware/h200.json)";
+  }
+  return p;
+}
+
+template <class T>
+Engine<T>::Engine(const RunConfig& config, Comm& w, Device d, Profiler* prof)
     : rc(config), world(&w), W(w.size()), rank(w.rank()), ep(int(config.parallel.ep)),
-      layout(w, int(config.parallel.ep), int(config.parallel.ranks_per_node)) {
+      layout(w, int(config.parallel.ep), int(config.parallel.ranks_per_node)),
+      device(DeviceContext::create(d)), ws(d), ctx(device->ctx(&ws, prof)) {
   check_layout(rc, W);
+  UM_CHECK(d == Device::cpu || W == 1, "engine", "training on ", W, " ranks with --device ", device_name(d),
+           " is not implemented yet: the gradient and dispatch collectives of the CUDA backend need NCCL "
+           "groups beside the MPI ones; run one process per GPU job");
   warn_moge_devices(rc, rank);
   const TrainConfig& tc = rc.train;
   groups = W > 1 ? layout.groups() : StepGroups{};
@@ -42,17 +85,21 @@ Engine::Engine(const RunConfig& config, Comm& w)
   table = build_param_table(rc.model, rank % ep, ep, zero ? int64_t(W) * 16 : 1);
   optim = zero ? Optimizer::zero_shard(table, tc.weight_decay_norms, rank, W, layout.edp->rank(), W / ep)
                : Optimizer::full(table, tc.weight_decay_norms);
-  ps = ParamStore<float>(table, optim.moment_elements());
-  model = std::make_unique<Model<float>>(
+  ps = ParamStore<T>(table, optim.moment_elements(), d);
+  model = std::make_unique<Model<T>>(
       rc.model, table,
       ModelOptions{tc.micro_batch_size, rc.data.seq_len, tc.balance_scope, tc.capacity_factor, tc.aux_free, comms,
-                   Recompute::parse(tc.recompute)});
+                   Recompute::parse(tc.recompute), d});
 }
 
-void Engine::take_canonical(const int32_t* global_batch, int32_t* local) const {
+template <class T>
+void Engine<T>::take_canonical(const int32_t* global_batch, int32_t* local) const {
   const int64_t T1 = rc.data.seq_len + 1, m = rc.train.micro_batch_size;
   for (int64_t a = 0; a < local_sequences() / m; ++a)
     std::copy_n(global_batch + canonical_first_sequence(a, rank, W, m) * T1, m * T1, local + a * m * T1);
 }
+
+template struct Engine<float>;
+template struct Engine<bf16>;
 
 }  // namespace um

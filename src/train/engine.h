@@ -1,17 +1,39 @@
 // The training engine of one rank: the parallel layout of a run config (DESIGN 4), the
-// parameter table of this rank's experts, the optimizer shard, the flat buffers and the model.
-// `ultramoe train` and `ultramoe bench` build the same Engine.
+// parameter table of this rank's experts, the optimizer shard, the device the rank computes
+// on, the flat buffers and the model. `ultramoe train` and `ultramoe bench` build the same
+// Engine. T is the compute type: float on the CPU; float or bf16 (the default) on CUDA.
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "model/model.h"
+#include "ops/device_context.h"
 #include "parallel/groups.h"
 #include "train/optimizer.h"
 #include "train/run_config.h"
 
 namespace um {
 
+// Where and in what precision a run computes (CLI: --device, --dtype).
+struct Placement {
+  Device device = Device::cpu;
+  DType dtype = DType::f32;  // compute type; bf16 only on CUDA
+  std::string describe() const;
+};
+// From the CLI's strings ("cpu"/"cuda", "f32"/"bf16"/""): the dtype defaults to bf16 on CUDA,
+// f32 on the CPU; any other combination is one clear error.
+Placement parse_placement(const std::string& device, const std::string& dtype);
+
+// The peak FLOP/s MFU is measured against: the CPU's FP32 FMA peak, or a GPU's (bf16) peak
+// from a hardware file (0 when none was given: MFU is not reported). `describe` says which.
+struct Peak {
+  double flops = 0;
+  std::string describe;
+};
+Peak run_peak(const Placement& pl, const std::string& hardware_file, int n_threads, int W);
+
+template <class T>
 struct Engine {
   RunConfig rc;
   Comm* world;
@@ -21,10 +43,13 @@ struct Engine {
   MoeComms comms;
   ParamTable table;
   Optimizer optim;
-  ParamStore<float> ps;
-  std::unique_ptr<Model<float>> model;
+  std::unique_ptr<DeviceContext> device;
+  Workspace ws;        // op scratch, on the device
+  Ctx ctx;             // the Ctx every op of the run uses
+  ParamStore<T> ps;
+  std::unique_ptr<Model<T>> model;
 
-  Engine(const RunConfig& rc, Comm& world);
+  Engine(const RunConfig& rc, Comm& world, Device d = Device::cpu, Profiler* prof = nullptr);
 
   int64_t local_sequences() const { return rc.train.batch_size / W; }
   // This rank's windows of a step from the step's global batch (B, T+1), canonical placement.

@@ -57,5 +57,7 @@ template EvalResult evaluate<float>(Model<float>&, ParamStore<float>&, const Eva
                                     Comm*, std::vector<MoeStats>*);
 template EvalResult evaluate<double>(Model<double>&, ParamStore<double>&, const EvalWindows&, int64_t, const Ctx&,
                                      Comm*, std::vector<MoeStats>*);
+template EvalResult evaluate<bf16>(Model<bf16>&, ParamStore<bf16>&, const EvalWindows&, int64_t, const Ctx&,
+                                   Comm*, std::vector<MoeStats>*);
 
 }  // namespace um

@@ -18,6 +18,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/engine.h"
+#include "plan/hardware.h"
 #include "train/evaluate.h"
 #include "train/metrics.h"
 #include "train/run_config.h"
@@ -73,7 +74,8 @@ std::string format_duration(double s) {
 
 }  // namespace
 
-int run_training(const TrainOptions& opt) {
+template <class T>
+int train(const TrainOptions& opt, const Placement& placement) {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   std::unique_ptr<Comm> local;
@@ -120,15 +122,18 @@ int run_training(const TrainOptions& opt) {
   EvalWindows val_windows(data.val(), T_);
 
   // the layout: EP groups, expert-data-parallel groups, balance pools (DESIGN 4, 1.6)
-  Engine engine(rc, *world);
+  Engine<T> engine(rc, *world, placement.device);
   const bool zero = rc.parallel.zero == 1;
   const StepGroups& groups = engine.groups;
   const ParamTable& table = engine.table;
   const Optimizer& optim = engine.optim;
-  ParamStore<float>& ps = engine.ps;
-  Model<float>& model = *engine.model;
-  Workspace ws;
-  Ctx ctx = Ctx::cpu(&ws);
+  ParamStore<T>& ps = engine.ps;
+  Model<T>& model = *engine.model;
+  const Ctx& ctx = engine.ctx;
+  // checkpoints are written from (and read into) host f32 buffers; a device store goes through
+  // this mirror, made once
+  std::unique_ptr<ParamStore<float>> host;
+  if (placement.device != Device::cpu) host = std::make_unique<ParamStore<float>>(table, optim.moment_elements());
   SpikeDetector spikes(tc.spike_window, tc.grad_spike_factor, tc.loss_spike_factor);
   TrainerState state;
   int64_t skipped_steps = 0;
@@ -139,13 +144,18 @@ int run_training(const TrainOptions& opt) {
     const RunConfig saved = read_checkpoint_config(latest);
     state = read_trainer_state(latest);
     check_resume_compatible(saved.to_json(), rc.to_json(), int(state.counters.value("world", int64_t{W})), W);
-    load_checkpoint(latest, table, ps, &optim);
+    if (host) {
+      load_checkpoint(latest, table, *host, &optim);
+      upload_state(ps, *host, ctx);
+    } else {
+      if constexpr (std::is_same_v<T, float>) load_checkpoint(latest, table, ps, &optim);
+    }
     spikes.from_json(state.spikes);
     skipped_steps = state.counters.value("skipped_steps", int64_t{0});
     tokens_seen = state.counters.value("tokens_seen", 0.0);
     say("resumed from %s (step %lld)\n", latest.c_str(), (long long)state.step);
   } else {
-    init_params(ps, table, rc.model, tc.seed);
+    init_params(ps, table, rc.model, tc.seed, ctx);
     if (rc.model.sandwich_norm && (rc.model.dssn_c_attn_auto || rc.model.dssn_c_ffn_auto)) {
       // every rank calibrates on the same first micro-batch of step 1, so the gains agree
       train_windows.fill(1, B, 0, m, local_batch.data());
@@ -157,8 +167,8 @@ int run_training(const TrainOptions& opt) {
   if (root) metrics = std::make_unique<MetricsLog>(out + "/metrics.jsonl", opt.resume ? state.step : 0);
 
   const FlopsPerToken fl = flops_per_token(rc.model, T_);
-  const CpuPeak peak = cpu_peak(ctx.n_threads);
-  const double peak_total = peak.flops * W;
+  const Peak peak = run_peak(placement, opt.hardware, ctx.n_threads, W);
+  const double peak_total = peak.flops;
   const ParamCounts counts = count_params(rc.model);
   if (root) {
     std::printf("config:\n%s\n", rc.to_json().dump(2).c_str());
@@ -170,8 +180,8 @@ int run_training(const TrainOptions& opt) {
     std::printf("data: %s — %lld train tokens (%lld windows of %lld), %lld validation tokens\n",
                 rc.data.path.c_str(), (long long)data.train().size(), (long long)train_windows.n_windows(),
                 (long long)T_, (long long)data.val().size());
-    std::printf("MFU: %s; peak %d rank(s) x %d cores x %.2f GHz x 32 = %.1f GFLOP/s (clock: %s)\n", fl.formula.c_str(),
-                W, peak.cores, peak.ghz, peak_total / 1e9, peak.source.c_str());
+    std::printf("device: %s (%s)\n", engine.device->name().c_str(), placement.describe().c_str());
+    std::printf("MFU: %s; %s\n", fl.formula.c_str(), peak.describe.c_str());
     std::fflush(stdout);
   }
 
@@ -189,8 +199,13 @@ int run_training(const TrainOptions& opt) {
     state.data = {{"next_step", step + 1}, {"epoch", train_windows.epoch_of(step + 1, B)}};
     state.counters = {{"skipped_steps", skipped_steps}, {"tokens_seen", tokens_seen},
                       {"expert_load", last_moe}, {"world", W}};
-    const std::string dir = save_checkpoint(ckpt_root, rc, table, ps, optim, state,
-                                            data.path() + "/tokenizer.model", groups);
+    std::string dir;
+    if (host) {
+      download_state(ps, *host, ctx);
+      dir = save_checkpoint(ckpt_root, rc, table, *host, optim, state, data.path() + "/tokenizer.model", groups);
+    } else if constexpr (std::is_same_v<T, float>) {
+      dir = save_checkpoint(ckpt_root, rc, table, ps, optim, state, data.path() + "/tokenizer.model", groups);
+    }
     if (root) prune_checkpoints(ckpt_root, tc.keep_checkpoints);
     last_ckpt = step;
     say("checkpoint: %s\n", dir.c_str());
@@ -234,7 +249,8 @@ int run_training(const TrainOptions& opt) {
     SpikeDetector::Verdict sv;
     if (o.skipped) ++skipped_steps;
     else sv = spikes.observe(o.grad_norm, o.loss);
-    json line = train_metrics_line(o, tok_s, fl.total * tok_s / peak_total, model.moe_layers(), n_devices);
+    const double mfu = peak_total > 0 ? fl.total * tok_s / peak_total : std::nan("");
+    json line = train_metrics_line(o, tok_s, mfu, model.moe_layers(), n_devices);
     line["grad_spike"] = sv.grad_spike;
     line["loss_spike"] = sv.loss_spike;
     if (rc.parallel.dp_attention_balance && W > 1) {
@@ -252,7 +268,7 @@ int run_training(const TrainOptions& opt) {
         say("step %4lld/%lld | loss %.4f (mtp %.3f bal %.4f z %.4f) | lr %.2e | gnorm %.3f | %.0f tok/s | "
             "MFU %.1f%% | ETA %s\n",
             (long long)step, (long long)tc.steps, o.loss, o.loss_mtp, o.loss_bal, o.loss_z, o.lr, o.grad_norm, tok_s,
-            100.0 * fl.total * tok_s / peak_total, format_duration(eta).c_str());
+            100.0 * (peak_total > 0 ? mfu : 0.0), format_duration(eta).c_str());
     }
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step != tc.steps) run_eval(step);
     if (tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0 && step != tc.steps) save(step);
@@ -266,6 +282,12 @@ int run_training(const TrainOptions& opt) {
       (long long)step, (long long)skipped_steps, 100 * spikes.grad_spike_rate(), 100 * spikes.loss_spike_rate(),
       (long long)spikes.counted(), format_duration(total_s).c_str());
   return 0;
+}
+
+int run_training(const TrainOptions& opt) {
+  const Placement placement = parse_placement(opt.device, opt.dtype);
+  if (placement.dtype == DType::bf16) return train<bf16>(opt, placement);
+  return train<float>(opt, placement);
 }
 
 }  // namespace um

@@ -15,6 +15,8 @@ struct TrainOptions {
   std::string out_dir;                 // --out
   bool resume = false;
   int64_t log_every = 1;               // progress lines (metrics.jsonl gets every step)
+  std::string device, dtype;           // --device cpu|cuda, --dtype f32|bf16 (engine.h Placement)
+  std::string hardware;                // --hardware FILE: the device's peak for MFU (GPU runs)
 };
 
 // Returns the process exit status. Errors are thrown as um::Error.

@@ -1,10 +1,12 @@
 // MoE ops: router scores, top-k selection (greedy, group-limited, MoGE), gates, the dropless
-// permute -> grouped GEMM -> combine chain, and the optimizer ops.
+// permute -> grouped GEMM -> combine chain, the balance statistics and the optimizer ops.
+// Compiled into `unit` and (UM_TEST_DEVICE) into `cuda`, like test_ops_dense.cpp.
 #include <numeric>
 #include <set>
 
 #include "op_harness.h"
 #include "ops/grouped_gemm.h"
+#include "ops/moe_stats.h"
 #include "ops/optim.h"
 #include "ops/permute.h"
 #include "ops/ref/reference.h"
@@ -15,6 +17,7 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 struct ScoresCase {
+  static constexpr bool kAccOnly = true;
   int64_t N, E;
   bool softmax;
   Tolerance tol;
@@ -27,21 +30,21 @@ struct ScoresCase {
   ScoreFunc func() const { return softmax ? ScoreFunc::softmax : ScoreFunc::sigmoid; }
   template <class T>
   Vecs forward(const Vecs& in, const Ctx& ctx) const {
-    std::vector<T> z = to<T>(in[0]), s(N * E);
-    router_scores_forward<T>(s.data(), z.data(), N, E, func(), ctx);
-    return {widen(s)};
+    Buf<T> z(ctx, in[0]), s(ctx, N * E);
+    router_scores_forward<T>(s.ptr(), z.ptr(), N, E, func(), ctx);
+    return {s.get()};
   }
   template <class T>
   Vecs backward(const Vecs& in, const Vecs& dout, const Ctx& ctx) const {
-    std::vector<T> z = to<T>(in[0]), s(N * E), ds = to<T>(dout[0]), dz(N * E);
-    router_scores_forward<T>(s.data(), z.data(), N, E, func(), ctx);
-    router_scores_backward<T>(dz.data(), ds.data(), s.data(), N, E, func(), ctx);
-    return {widen(dz)};
+    Buf<T> z(ctx, in[0]), s(ctx, N * E), ds(ctx, dout[0]), dz(ctx, N * E);
+    router_scores_forward<T>(s.ptr(), z.ptr(), N, E, func(), ctx);
+    router_scores_backward<T>(dz.ptr(), ds.ptr(), s.ptr(), N, E, func(), ctx);
+    return {dz.get()};
   }
 };
 
 class Scores : public ::testing::TestWithParam<ScoresCase> {};
-TEST_P(Scores, MatchesReferenceAndGradients) { check_op(GetParam()); }
+TEST_P(Scores, MatchesReferenceAndGradients) { UM_CHECK_OP(GetParam()); }
 INSTANTIATE_TEST_SUITE_P(Ops, Scores,
                          ::testing::Values(ScoresCase{1, 1, false}, ScoresCase{5, 9, false},
                                            ScoresCase{1, 1, true}, ScoresCase{6, 17, true}),
@@ -52,6 +55,7 @@ INSTANTIATE_TEST_SUITE_P(Ops, Scores,
 // constant; the inputs are drawn so every margin is far above the finite-difference step, so
 // the gradient through the chosen gates is well defined.
 struct RouterCase {
+  static constexpr bool kAccOnly = true;
   int64_t N, E;
   int k;
   TopkMethod method;
@@ -88,41 +92,42 @@ struct RouterCase {
   }
   template <class T>
   struct Fwd {
-    std::vector<T> z, s, bias, rs, g, margin;
-    std::vector<int32_t> idx;
+    Buf<T> z, s, bias, rs, g, margin;
+    IBuf<int32_t> idx;
   };
   template <class T>
   Fwd<T> run(const Vecs& in, const Ctx& ctx) const {
-    Fwd<T> f{to<T>(in[0]), std::vector<T>(N * E), to<T>(in[1]), router_scale ? to<T>(in[2]) : std::vector<T>{},
-             std::vector<T>(N * k), std::vector<T>(N), std::vector<int32_t>(N * k)};
-    router_scores_forward<T>(f.s.data(), f.z.data(), N, E, softmax ? ScoreFunc::softmax : ScoreFunc::sigmoid, ctx);
-    router_topk<T>(f.idx.data(), f.margin.data(), f.s.data(), f.bias.data(), N, E, spec(), ctx);
-    router_gates_forward<T>(f.g.data(), f.s.data(), f.idx.data(), router_scale ? f.rs.data() : nullptr, N, E, k,
+    Fwd<T> f{Buf<T>(ctx, in[0]), Buf<T>(ctx, N * E), Buf<T>(ctx, in[1]),
+             Buf<T>(ctx, router_scale ? in[2] : std::vector<double>{}), Buf<T>(ctx, N * k), Buf<T>(ctx, N),
+             IBuf<int32_t>(ctx, std::vector<int32_t>(N * k))};
+    router_scores_forward<T>(f.s.ptr(), f.z.ptr(), N, E, softmax ? ScoreFunc::softmax : ScoreFunc::sigmoid, ctx);
+    router_topk<T>(f.idx.ptr(), f.margin.ptr(), f.s.ptr(), f.bias.ptr(), N, E, spec(), ctx);
+    router_gates_forward<T>(f.g.ptr(), f.s.ptr(), f.idx.ptr(), router_scale ? f.rs.ptr() : nullptr, N, E, k,
                             norm, scaling, ctx);
     return f;
   }
   template <class T>
   Vecs forward(const Vecs& in, const Ctx& ctx) const {
     Fwd<T> f = run<T>(in, ctx);
-    for (int64_t n = 0; n < N; ++n) EXPECT_GT(double(f.margin[n]), 1e-4) << "margin too small for the test";
-    return {widen(f.g)};
+    for (double m : f.margin.get()) EXPECT_GT(m, 1e-4) << "margin too small for the test";
+    return {f.g.get()};
   }
   template <class T>
   Vecs backward(const Vecs& in, const Vecs& dout, const Ctx& ctx) const {
     Fwd<T> f = run<T>(in, ctx);
-    std::vector<T> dg = to<T>(dout[0]), ds(N * E, T(0)), dz(N * E), drs(E, T(0));
-    router_gates_backward<T>(ds.data(), router_scale ? drs.data() : nullptr, dg.data(), f.s.data(), f.idx.data(),
-                             router_scale ? f.rs.data() : nullptr, N, E, k, norm, scaling, ctx);
-    router_scores_backward<T>(dz.data(), ds.data(), f.s.data(), N, E,
+    Buf<T> dg(ctx, dout[0]), ds(ctx, N * E), dz(ctx, N * E), drs(ctx, E);
+    router_gates_backward<T>(ds.ptr(), router_scale ? drs.ptr() : nullptr, dg.ptr(), f.s.ptr(), f.idx.ptr(),
+                             router_scale ? f.rs.ptr() : nullptr, N, E, k, norm, scaling, ctx);
+    router_scores_backward<T>(dz.ptr(), ds.ptr(), f.s.ptr(), N, E,
                               softmax ? ScoreFunc::softmax : ScoreFunc::sigmoid, ctx);
-    Vecs g = {widen(dz), {}};
-    if (router_scale) g.push_back(widen(drs));
+    Vecs g = {dz.get(), {}};
+    if (router_scale) g.push_back(drs.get());
     return g;
   }
 };
 
 class Router : public ::testing::TestWithParam<RouterCase> {};
-TEST_P(Router, MatchesReferenceAndGradients) { check_op(GetParam()); }
+TEST_P(Router, MatchesReferenceAndGradients) { UM_CHECK_OP(GetParam()); }
 INSTANTIATE_TEST_SUITE_P(
     Ops, Router,
     ::testing::Values(
@@ -132,13 +137,22 @@ INSTANTIATE_TEST_SUITE_P(
         RouterCase{6, 12, 3, TopkMethod::group_limited, 4, 2, false, true, false, 2.5, {}, "group_limited"},
         RouterCase{6, 4, 2, TopkMethod::group_limited, 4, 2, false, true, false, 1.0, {}, "one_expert_groups"},
         RouterCase{5, 12, 4, TopkMethod::moge, 4, 1, true, false, true, 1.0, {}, "moge_router_scale"},
-        RouterCase{5, 8, 2, TopkMethod::greedy, 1, 1, false, true, true, 2.0, {}, "greedy_router_scale"}),
+        RouterCase{5, 8, 2, TopkMethod::greedy, 1, 1, false, true, true, 2.0, {}, "greedy_router_scale"},
+        // above the threads' threshold (the router_scale gradient's blocked reduction)
+        RouterCase{2100, 16, 4, TopkMethod::greedy, 1, 1, false, true, true, 2.5, {}, "large_router_scale"}),
     [](const auto& info) { return info.param.name(); });
 
 // Selection against the reference on random scores, and exact ties broken by the lower index.
 TEST(Topk, SelectionMatchesReferenceAndBreaksTiesLow) {
+#ifdef UM_TEST_DEVICE
+  Workspace ws(Device::cuda);
+  const Ctx ctx = cuda_context().ctx(&ws);
+  using F = float;  // the device runs the router in f32
+#else
   Workspace ws;
-  Ctx ctx = Ctx::cpu(&ws);
+  const Ctx ctx = Ctx::cpu(&ws);
+  using F = double;
+#endif
   struct Spec { int64_t E; TopkSpec spec; };
   for (Spec sp : {Spec{16, {TopkMethod::greedy, 4, 1, 1}}, Spec{16, {TopkMethod::group_limited, 4, 4, 2}},
                   Spec{16, {TopkMethod::moge, 4, 4, 1}}, Spec{6, {TopkMethod::greedy, 6, 1, 1}},
@@ -149,8 +163,10 @@ TEST(Topk, SelectionMatchesReferenceAndBreaksTiesLow) {
     std::vector<double> s(N * E), bias(E);
     for (int64_t i = 0; i < N * E; ++i) s[i] = std::round(rng.uniform(i) * 8) / 8;  // many ties
     for (int64_t e = 0; e < E; ++e) bias[e] = (e % 3) * 0.125;
-    std::vector<int32_t> idx(N * k);
-    router_topk<double>(idx.data(), nullptr, s.data(), bias.data(), N, E, sp.spec, ctx);
+    Buf<F> ds(ctx, s), db(ctx, bias);
+    IBuf<int32_t> di(ctx, std::vector<int32_t>(N * k));
+    router_topk<F>(di.ptr(), nullptr, ds.ptr(), db.ptr(), N, E, sp.spec, ctx);
+    const std::vector<int32_t> idx = di.get();
     for (int64_t n = 0; n < N; ++n) {
       std::vector<double> b(E);
       for (int64_t e = 0; e < E; ++e) b[e] = s[n * E + e] + bias[e];
@@ -160,10 +176,10 @@ TEST(Topk, SelectionMatchesReferenceAndBreaksTiesLow) {
     }
   }
   // all-equal scores: the lowest indices win
-  std::vector<float> flat(8, 0.5f);
-  std::vector<int32_t> idx(3);
-  router_topk<float>(idx.data(), nullptr, flat.data(), nullptr, 1, 8, {TopkMethod::greedy, 3, 1, 1}, ctx);
-  EXPECT_EQ(idx, (std::vector<int32_t>{0, 1, 2}));
+  Buf<float> flat(ctx, 8, 0.5);
+  IBuf<int32_t> idx(ctx, std::vector<int32_t>(3));
+  router_topk<float>(idx.ptr(), nullptr, flat.ptr(), nullptr, 1, 8, {TopkMethod::greedy, 3, 1, 1}, ctx);
+  EXPECT_EQ(idx.get(), (std::vector<int32_t>{0, 1, 2}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,44 +202,49 @@ struct DispatchCase {
   Vecs reference(const Vecs& in) const {
     return {ref::moe_linear_combine(in[0], in[1], idx, in[2], keep, N, k, n_in, n_out)};
   }
+  // the routing permutation on ctx's device, and its offsets read back (as the MoE layer does)
   struct Plan {
-    std::vector<int32_t> offsets, row_pair, pair_row;
-    int64_t R;
+    IBuf<int32_t> offsets, row_pair, pair_row;
+    std::vector<int32_t> offsets_h;
+    int64_t R = 0;
   };
-  Plan plan() const {
-    Plan p{std::vector<int32_t>(E + 1), std::vector<int32_t>(N * k), std::vector<int32_t>(N * k), 0};
-    Workspace ws;
-    routing_permutation(p.offsets.data(), p.row_pair.data(), p.pair_row.data(), idx.data(),
-                        keep.empty() ? nullptr : keep.data(), N, k, E, Ctx::cpu(&ws));
-    p.R = p.offsets[E];
+  Plan plan(const Ctx& ctx) const {
+    Plan p{IBuf<int32_t>(ctx, std::vector<int32_t>(E + 1)), IBuf<int32_t>(ctx, std::vector<int32_t>(N * k)),
+           IBuf<int32_t>(ctx, std::vector<int32_t>(N * k)), {}, 0};
+    IBuf<int32_t> ex(ctx, idx);
+    IBuf<uint8_t> kp(ctx, keep);
+    routing_permutation(p.offsets.ptr(), p.row_pair.ptr(), p.pair_row.ptr(), ex.ptr(), kp.ptr(), N, k, E, ctx);
+    p.offsets_h = p.offsets.get();
+    p.R = p.offsets_h[E];
     return p;
   }
   template <class T>
   Vecs forward(const Vecs& in, const Ctx& ctx) const {
-    Plan p = plan();
-    std::vector<T> x = to<T>(in[0]), W = to<T>(in[1]), g = to<T>(in[2]);
-    std::vector<T> xp(p.R * n_in), yp(p.R * n_out), y(N * n_out);
-    permute_rows_forward<T>(xp.data(), x.data(), p.row_pair.data(), p.R, k, n_in, ctx);
-    grouped_linear_forward<T>(yp.data(), xp.data(), n_in, W.data(), n_out * n_in, p.offsets.data(), E, n_in,
+    Plan p = plan(ctx);
+    Buf<T> x(ctx, in[0]), W(ctx, in[1]), xp(ctx, p.R * n_in), yp(ctx, p.R * n_out), y(ctx, N * n_out);
+    Buf<acc_t<T>> g(ctx, in[2]);
+    permute_rows_forward<T>(xp.ptr(), x.ptr(), p.row_pair.ptr(), p.R, k, n_in, ctx);
+    grouped_linear_forward<T>(yp.ptr(), xp.ptr(), n_in, W.ptr(), n_out * n_in, p.offsets_h.data(), E, n_in,
                               n_out, ctx);
-    combine_rows_forward<T>(y.data(), yp.data(), g.data(), p.pair_row.data(), N, k, n_out, false, ctx);
-    return {widen(y)};
+    combine_rows_forward<T>(y.ptr(), yp.ptr(), g.ptr(), p.pair_row.ptr(), N, k, n_out, false, ctx);
+    return {y.get()};
   }
   template <class T>
   Vecs backward(const Vecs& in, const Vecs& dout, const Ctx& ctx) const {
-    Plan p = plan();
-    std::vector<T> x = to<T>(in[0]), W = to<T>(in[1]), g = to<T>(in[2]), dy = to<T>(dout[0]);
-    std::vector<T> xp(p.R * n_in), yp(p.R * n_out);
-    permute_rows_forward<T>(xp.data(), x.data(), p.row_pair.data(), p.R, k, n_in, ctx);
-    grouped_linear_forward<T>(yp.data(), xp.data(), n_in, W.data(), n_out * n_in, p.offsets.data(), E, n_in,
+    Plan p = plan(ctx);
+    Buf<T> x(ctx, in[0]), W(ctx, in[1]), dy(ctx, dout[0]), xp(ctx, p.R * n_in), yp(ctx, p.R * n_out);
+    Buf<acc_t<T>> g(ctx, in[2]);
+    permute_rows_forward<T>(xp.ptr(), x.ptr(), p.row_pair.ptr(), p.R, k, n_in, ctx);
+    grouped_linear_forward<T>(yp.ptr(), xp.ptr(), n_in, W.ptr(), n_out * n_in, p.offsets_h.data(), E, n_in,
                               n_out, ctx);
-    std::vector<T> dyp(p.R * n_out), dg(N * k), dxp(p.R * n_in), dW(W.size(), T(0)), dx(N * n_in);
-    combine_rows_backward<T>(dyp.data(), dg.data(), dy.data(), yp.data(), g.data(), p.pair_row.data(), N, k,
+    Buf<T> dyp(ctx, p.R * n_out), dxp(ctx, p.R * n_in), dx(ctx, N * n_in);
+    Buf<acc_t<T>> dg(ctx, N * k), dW(ctx, in[1].size());
+    combine_rows_backward<T>(dyp.ptr(), dg.ptr(), dy.ptr(), yp.ptr(), g.ptr(), p.pair_row.ptr(), N, k,
                              n_out, ctx);
-    grouped_linear_backward<T>(dxp.data(), dW.data(), dyp.data(), xp.data(), n_in, W.data(), n_out * n_in,
-                               p.offsets.data(), E, n_in, n_out, ctx);
-    permute_rows_backward<T>(dx.data(), dxp.data(), p.pair_row.data(), N, k, n_in, false, ctx);
-    return {widen(dx), widen(dW), widen(dg)};
+    grouped_linear_backward<T>(dxp.ptr(), dW.ptr(), dyp.ptr(), xp.ptr(), n_in, W.ptr(), n_out * n_in,
+                               p.offsets_h.data(), E, n_in, n_out, ctx);
+    permute_rows_backward<T>(dx.ptr(), dxp.ptr(), p.pair_row.ptr(), N, k, n_in, false, ctx);
+    return {dx.get(), dW.get(), dg.get()};
   }
 };
 
@@ -243,7 +264,7 @@ std::vector<int32_t> round_robin(int64_t N, int k, int64_t E, int64_t skip_exper
 }
 
 class Dispatch : public ::testing::TestWithParam<DispatchCase> {};
-TEST_P(Dispatch, MatchesReferenceAndGradients) { check_op(GetParam()); }
+TEST_P(Dispatch, MatchesReferenceAndGradients) { UM_CHECK_OP(GetParam()); }
 INSTANTIATE_TEST_SUITE_P(
     Ops, Dispatch,
     ::testing::Values(
@@ -251,17 +272,30 @@ INSTANTIATE_TEST_SUITE_P(
         DispatchCase{9, 4, 2, 7, 5, round_robin(9, 2, 4), {}, {}, "dropless"},
         DispatchCase{8, 5, 2, 6, 3, round_robin(8, 2, 5, 2), {}, {}, "empty_expert"},
         DispatchCase{6, 3, 3, 5, 4, round_robin(6, 3, 3), {}, {}, "k_equals_e"},
-        DispatchCase{7, 4, 2, 5, 6, round_robin(7, 2, 4), {1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 0}, {}, "drops"}),
+        DispatchCase{7, 4, 2, 5, 6, round_robin(7, 2, 4), {1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 0}, {}, "drops"},
+        // above the threads' threshold, experts of unequal sizes (groups side by side on the CPU)
+        DispatchCase{300, 16, 4, 48, 40, round_robin(300, 4, 16, 5), {}, {}, "large"}),
     [](const auto& info) { return info.param.name(); });
+
+// The Ctx of the backend under test: the CPU in `unit`, CUDA in `cuda`.
+struct BackendCtx {
+#ifdef UM_TEST_DEVICE
+  Workspace ws{Device::cuda};
+  Ctx ctx = cuda_context().ctx(&ws);
+#else
+  Workspace ws;
+  Ctx ctx = Ctx::cpu(&ws);
+#endif
+};
 
 TEST(RoutingPermutation, StableAndCounted) {
   // 4 tokens, k=2, 3 experts; pair 5 dropped
-  std::vector<int32_t> expert = {2, 0, 0, 1, 2, 0, 1, 2};
-  std::vector<uint8_t> keep = {1, 1, 1, 1, 1, 0, 1, 1};
-  std::vector<int32_t> offsets(4), row_pair(8), pair_row(8);
-  Workspace ws;
-  routing_permutation(offsets.data(), row_pair.data(), pair_row.data(), expert.data(), keep.data(), 4, 2, 3,
-                      Ctx::cpu(&ws));
+  BackendCtx b;
+  IBuf<int32_t> expert(b.ctx, {2, 0, 0, 1, 2, 0, 1, 2});
+  IBuf<uint8_t> keep(b.ctx, {1, 1, 1, 1, 1, 0, 1, 1});
+  IBuf<int32_t> off(b.ctx, std::vector<int32_t>(4)), rp(b.ctx, std::vector<int32_t>(8)), pr(b.ctx, std::vector<int32_t>(8));
+  routing_permutation(off.ptr(), rp.ptr(), pr.ptr(), expert.ptr(), keep.ptr(), 4, 2, 3, b.ctx);
+  const std::vector<int32_t> offsets = off.get(), row_pair = rp.get(), pair_row = pr.get();
   const int64_t R = offsets[3];
   EXPECT_EQ(R, 7);
   EXPECT_EQ(offsets, (std::vector<int32_t>{0, 2, 4, 7}));

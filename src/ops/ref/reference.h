@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace um::ref {
@@ -218,6 +219,69 @@ inline void adamw(Vec& p, Vec& m, Vec& v, const Vec& g, double lr, double b1, do
     v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
     p[i] -= (lr / bc1) * m[i] / (std::sqrt(v[i]) / std::sqrt(bc2) + eps);
   }
+}
+
+// MLA's per-head keys and values: k[n,h] = [kv[n,h,:nope] ; kva[n, kv_lora:kv_lora+rd]],
+// v[n,h] = kv[n,h,nope:]. kv: (N, H*(nope+dv)), kva: (N, kv_lora+rd).
+inline std::pair<Vec, Vec> mla_kv(const Vec& kv, const Vec& kva, int64_t N, int64_t H, int64_t nope, int64_t rd,
+                                  int64_t dv, int64_t kv_lora) {
+  const int64_t kvw = kv_lora + rd;
+  Vec k(N * H * (nope + rd)), v(N * H * dv);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t j = 0; j < nope; ++j) k[(n * H + h) * (nope + rd) + j] = kv[n * H * (nope + dv) + h * (nope + dv) + j];
+      for (int64_t j = 0; j < rd; ++j) k[(n * H + h) * (nope + rd) + nope + j] = kva[n * kvw + kv_lora + j];
+      for (int64_t j = 0; j < dv; ++j) v[(n * H + h) * dv + j] = kv[n * H * (nope + dv) + h * (nope + dv) + nope + j];
+    }
+  return {k, v};
+}
+
+// The balance term of one micro-batch (DESIGN 1.6): sum over rows n of sum_e f_e(S_n) s'_{n,e} / |S|,
+// f_e(S) = E / (K |S|) c_e(S), c_e(S) the rows of pool S that selected e, pools of pool_rows rows,
+// s' = s / sum(s) (sigmoid) or s (softmax).
+inline double balance_term(const Vec& s, const std::vector<int32_t>& idx, int64_t N, int64_t E, int k,
+                           int64_t pool_rows, bool softmax) {
+  double total = 0;
+  for (int64_t q = 0; q < N / pool_rows; ++q) {
+    Vec c(E, 0.0);
+    for (int64_t n = q * pool_rows; n < (q + 1) * pool_rows; ++n)
+      for (int j = 0; j < k; ++j) c[idx[n * k + j]] += 1;
+    for (int64_t n = q * pool_rows; n < (q + 1) * pool_rows; ++n) {
+      double sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += s[n * E + e];
+      for (int64_t e = 0; e < E; ++e)
+        total += double(E) / double(k * pool_rows) * c[e] * s[n * E + e] / (softmax ? 1.0 : sum) / double(pool_rows);
+    }
+  }
+  return total;
+}
+
+// sum over rows of logsumexp(z_n)^2 (the router z-loss before its coefficient)
+inline double z_loss(const Vec& z, int64_t N, int64_t E) {
+  double total = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    double m = -std::numeric_limits<double>::infinity(), l = 0;
+    for (int64_t e = 0; e < E; ++e) m = std::max(m, z[n * E + e]);
+    for (int64_t e = 0; e < E; ++e) l += std::exp(z[n * E + e] - m);
+    total += (m + std::log(l)) * (m + std::log(l));
+  }
+  return total;
+}
+
+// Capacity selection (DESIGN 1.5): per expert, the C pairs with the highest score s[t, e]
+// (ties: lower token index) kept.
+inline std::vector<uint8_t> capacity_keep(const std::vector<int32_t>& idx, const Vec& s, int64_t N, int k,
+                                          int64_t E, int64_t C) {
+  std::vector<uint8_t> keep(N * k, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    std::vector<int64_t> pairs;
+    for (int64_t p = 0; p < N * k; ++p)
+      if (idx[p] == e) pairs.push_back(p);
+    std::stable_sort(pairs.begin(), pairs.end(),
+                     [&](int64_t a, int64_t b) { return s[(a / k) * E + e] > s[(b / k) * E + e]; });
+    for (size_t r = 0; r < pairs.size() && int64_t(r) < C; ++r) keep[pairs[r]] = 1;
+  }
+  return keep;
 }
 
 }  // namespace um::ref
