@@ -5,7 +5,9 @@
 // assumes which lane holds which element; it costs 32 times the work of a tile per warp.
 // Checked like the hardware requires: pointers 32-byte aligned, ldm a multiple of 16 bytes.
 // mma_sync accumulates in float (bf16 products are exact in float); the summation order is
-// not the tensor cores'.
+// not the tensor cores'. The loads and stores are collective like the hardware's: each begins
+// with a warp barrier, so no lane stores a tile before every lane has loaded what it reads (a
+// lane running ahead would otherwise read another lane's store: C += A*B done 32 times).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -62,6 +64,7 @@ inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f,
 template <class Use, class Layout>
 inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f,
                              const __nv_bfloat16* p, unsigned ldm) {
+  __syncwarp();
   detail::check_tile_pointer(p, ldm, "load_matrix_sync");
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c)
@@ -70,6 +73,7 @@ inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f
 
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
                              unsigned ldm, layout_t layout) {
+  __syncwarp();
   detail::check_tile_pointer(p, ldm, "load_matrix_sync");
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c)
@@ -78,6 +82,7 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const 
 
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
                               unsigned ldm, layout_t layout) {
+  __syncwarp();
   detail::check_tile_pointer(p, ldm, "store_matrix_sync");
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c)
