@@ -8,7 +8,7 @@ ifeq ($(WERROR),1)
 CMAKE_ARGS += -DULTRAMOE_WERROR=ON
 endif
 
-.PHONY: all deps build test test-unit demo goldens bench clean
+.PHONY: all deps build test test-unit demo goldens bench clean build-cuda test-cuda test-cuda-emu
 
 all: build
 
@@ -25,6 +25,21 @@ test: build
 test-unit: build
 	ctest --preset $(PRESET) -j $(JOBS) -L unit
 
+# The CUDA backend. build-cuda compiles it with nvcc (no GPU needed); test-cuda runs the
+# cuda-labelled tests on a GPU; test-cuda-emu runs them on the CPU emulation of CUDA (the
+# kernels' logic, without a GPU).
+build-cuda: deps
+	@cmake --preset cuda $(CMAKE_ARGS) > build-configure-cuda.log || (cat build-configure-cuda.log; exit 1)
+	@cmake --build --preset cuda -j $(JOBS) --target ultramoe test_cuda
+
+test-cuda: build-cuda
+	ctest --preset cuda -j 1 --timeout 900
+
+test-cuda-emu: deps
+	@cmake --preset cuda-emu $(CMAKE_ARGS) > build-configure-cuda-emu.log || (cat build-configure-cuda-emu.log; exit 1)
+	@cmake --build --preset cuda-emu -j $(JOBS) --target ultramoe test_cuda test_cuda_emu
+	ctest --preset cuda-emu -j $(JOBS) --timeout 900
+
 demo: build
 	@scripts/install-deps.sh --demo
 	scripts/demo.sh
@@ -38,4 +53,4 @@ bench: build
 	./build/$(PRESET)/bench/bench_ops
 
 clean:
-	rm -rf build build-configure.log
+	rm -rf build build-configure.log build-configure-cuda.log build-configure-cuda-emu.log

@@ -6,7 +6,8 @@
 # on the same windows; the last line is `ratio: X` = median ultramoe tokens/s / median PyTorch
 # tokens/s. The peer's compile time is reported but not timed (warm-up steps are untimed too).
 # Environment: ULTRAMOE_BIN (default build/cuda/ultramoe), PYTHON (default python3),
-# WARMUP (default 2), PEER_ARGS (extra peer flags, e.g. "--no-compile"), KEEP=DIR (keep the
+# WARMUP (default 2), PEER_ARGS (extra peer flags, e.g. "--no-compile"), HARDWARE (a hardware
+# file for ultramoe's MFU, e.g. configs/hardware/h200.json), KEEP=DIR (keep the
 # JSON of every run and the peer's log there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,11 +47,12 @@ PY
 }
 ours=() theirs=()
 for r in $(seq 1 "$ROUNDS"); do
+  # shellcheck disable=SC2086
   "$BIN" bench --device cuda --config "$CONFIG" --steps "$STEPS" --warmup "$WARMUP" --json \
-    --save-windows "$tmp/windows.bin" > "$tmp/ours.json"
+    ${HARDWARE:+--hardware "$HARDWARE"} --save-windows "$tmp/windows.bin" > "$tmp/ours.json"
   # shellcheck disable=SC2086
   if ! "$PY" bench/torch_peer_gpu.py --config "$CONFIG" --windows "$tmp/windows.bin" --steps "$STEPS" \
-      --warmup "$WARMUP" $PEER_ARGS > "$tmp/theirs.json" 2> "$tmp/theirs.log"; then
+      --warmup "$WARMUP" ${PEER_ARGS:-} > "$tmp/theirs.json" 2> "$tmp/theirs.log"; then
     tail -n 30 "$tmp/theirs.log" >&2
     echo "compare_gpu.sh: the PyTorch peer failed (round $r)" >&2
     exit 1

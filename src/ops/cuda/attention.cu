@@ -76,8 +76,6 @@ __device__ __forceinline__ void tile_gemm(float* C, int ldc, const ET* a, int ld
   TileGemm<ET, A_COL, B_COL>::run(C, ldc, a, lda, b, ldb, M, N, K, accumulate);
 }
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <class ET> __device__ __forceinline__ ET from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
