@@ -214,10 +214,46 @@ struct MtpActs {
   LayerActs<T> layer;
 };
 
+// The micro-batch on the model's device, one entry per stream (main, then MTP depth k): what the
+// ops read. On the CPU the pointers are the WindowBatch's own vectors; on a device they are
+// uploaded copies, plus the tokens grouped by id for a deterministic embedding backward.
+struct DevRows {
+  const int32_t *ids = nullptr, *pos = nullptr, *seg_start = nullptr, *targets = nullptr;
+  int32_t *d_ids = nullptr, *d_pos = nullptr, *d_seg = nullptr, *d_tgt = nullptr;
+  int32_t *d_by_rows = nullptr, *d_by_start = nullptr, *d_by_id = nullptr;
+  TokensById by_id;
+};
+
+// One micro-batch's state in one chunk: the batch, the activations the backward needs, the
+// gradient buffer at the chunk boundary, and what the forward produced.
+template <class T>
+struct Frame {
+  int64_t B = 0;
+  WindowBatch wb;
+  std::vector<DevRows> dev;
+  std::vector<T*> res;              // res[0] the chunk's input, res[i+1] after its i-th main layer
+  std::vector<LayerActs<T>> lacts;  // the chunk's main layers
+  T* grad = nullptr;                // (N, D): the output's gradient in, the input's gradient out
+  T* h0 = nullptr;                  // tail: (N, D) final-norm output
+  acc_t<T>* rstd_final = nullptr;
+  T* dh0 = nullptr;                 // tail: (N, D) gradient of h0
+  std::vector<MtpActs<T>> mtp;      // tail
+  MicroResult result;
+};
+
 template <class T>
 struct Model<T>::Impl {
   const ModelConfig& c;
-  std::vector<LayerParams> layers;  // main then MTP
+  int L = 0;
+  struct Chunk {
+    int u0 = 0, u1 = 0, n_slots = 1;
+    bool embed = false, tail = false;
+    int l0 = 0, l1 = 0;  // main layers [l0, l1)
+    std::vector<Frame<T>> frames;
+  };
+  std::vector<Chunk> chunks;
+  std::vector<bool> owned;          // decoder layers (main, then MTP) this rank holds
+  std::vector<LayerParams> layers;  // main then MTP (resolved for the owned ones)
   int64_t embed = -1, final_norm = -1, head = -1;
   struct MtpP { int64_t enorm, hnorm, eh_proj, head_norm; };
   std::vector<MtpP> mtp_p;
@@ -226,33 +262,63 @@ struct Model<T>::Impl {
   std::pair<int64_t, int64_t> embed_range{0, 0}, tail_range{0, 0};  // tail: final norm + LM head
 
   Arena acts, scratch;
-  std::vector<T*> res;                // L+1 residual streams (N, D)
-  std::vector<LayerActs<T>> lacts;    // main layers
-  T* h0 = nullptr;                    // (N, D) final-norm output
-  acc_t<T>* rstd_final = nullptr;
-  T* dh0 = nullptr;                   // (N, D) gradient of h0
-  std::vector<MtpActs<T>> mtp;
   DeviceBuffer<acc_t<T>> rope_cos, rope_sin;  // (T, rope/2) on the model's device
-  WindowBatch wb;                             // the micro-batch as built on the host
-
-  // The micro-batch on the model's device, one entry per stream (main, then MTP depth k): what
-  // the ops read. On the CPU the pointers are wb's own vectors; on a device they are uploaded
-  // copies, plus the tokens grouped by id for a deterministic embedding backward.
-  struct DevRows {
-    const int32_t *ids = nullptr, *pos = nullptr, *seg_start = nullptr, *targets = nullptr;
-    int32_t *d_ids = nullptr, *d_pos = nullptr, *d_seg = nullptr, *d_tgt = nullptr;
-    int32_t *d_by_rows = nullptr, *d_by_start = nullptr, *d_by_id = nullptr;
-    TokensById by_id;
-  };
-  std::vector<DevRows> dev;
   std::vector<int32_t> by_rows, by_start, by_id, id_count;  // host staging of TokensById
   Device device = Device::cpu;
+  int64_t ep = 1, nodes = 1;
+  Recompute recompute;
+  SharedSlots slots;
 
-  // Points the ops at the batch: on a device, one upload per array.
-  void upload_batch(const Ctx& ctx) {
-    for (size_t i = 0; i < dev.size(); ++i) {
-      const SeqRows& r = i == 0 ? wb.main : wb.mtp[i - 1];
-      DevRows& d = dev[i];
+  Impl(const ModelConfig& cfg, const ParamTable& t, const std::vector<ChunkSpec>& specs) : c(cfg) {
+    L = int(c.num_hidden_layers);
+    const int n_units = L + 2;
+    owned.assign(c.n_layers_total(), false);
+    std::vector<ChunkSpec> sp = specs.empty() ? std::vector<ChunkSpec>{ChunkSpec{}} : specs;
+    for (const ChunkSpec& s : sp) {
+      Chunk ch;
+      ch.u0 = s.unit_begin;
+      ch.u1 = s.unit_end < 0 ? n_units : s.unit_end;
+      ch.n_slots = s.n_slots;
+      UM_CHECK(ch.u0 >= 0 && ch.u0 < ch.u1 && ch.u1 <= n_units && ch.n_slots >= 1, "model", "chunk of units [", ch.u0,
+               ", ", ch.u1, ") with ", ch.n_slots, " slots does not fit a model of ", n_units, " units");
+      ch.embed = ch.u0 == 0;
+      ch.tail = ch.u1 == n_units;
+      ch.l0 = std::max(ch.u0, 1) - 1;
+      ch.l1 = std::min(ch.u1, L + 1) - 1;
+      for (int l = ch.l0; l < ch.l1; ++l) owned[l] = true;
+      if (ch.tail)
+        for (int l = L; l < c.n_layers_total(); ++l) owned[l] = true;
+      chunks.push_back(ch);
+    }
+    layers.resize(c.n_layers_total());
+    for (int l = 0; l < c.n_layers_total(); ++l)
+      if (owned[l]) layers[l] = LayerParams::resolve(t, c, l);
+    const bool tail = chunks.back().tail;
+    if (chunks.front().embed || (tail && tail_reads_embedding(c))) embed = t.at("model.embed_tokens.weight").offset;
+    layer_range.assign(c.n_layers_total(), {INT64_MAX, 0});
+    embed_range = tail_range = {INT64_MAX, 0};
+    for (const ParamInfo& p : t.params) {
+      if (p.expert >= 0) continue;
+      auto& r = p.layer >= 0 ? layer_range[p.layer] : (p.component == Component::embedding ? embed_range : tail_range);
+      r.first = std::min(r.first, p.offset);
+      r.second = std::max(r.second, p.offset + p.numel);
+    }
+    if (tail) {
+      final_norm = t.at("model.norm.weight").offset;
+      head = c.tie_word_embeddings ? embed : t.at("lm_head.weight").offset;
+      for (int k = 1; k <= c.num_nextn_predict_layers; ++k) {
+        const std::string pre = "model.layers." + std::to_string(L + k - 1) + ".";
+        mtp_p.push_back({t.at(pre + "enorm.weight").offset, t.at(pre + "hnorm.weight").offset,
+                         t.at(pre + "eh_proj.weight").offset, t.at(pre + "shared_head.norm.weight").offset});
+      }
+    }
+  }
+
+  // Points the ops at a frame's batch: on a device, one upload per array.
+  void upload_batch(Frame<T>& f, const Ctx& ctx) {
+    for (size_t i = 0; i < f.dev.size(); ++i) {
+      const SeqRows& r = i == 0 ? f.wb.main : f.wb.mtp[i - 1];
+      DevRows& d = f.dev[i];
       const int64_t n = r.rows();
       if (device == Device::cpu) {
         d.ids = r.ids.data(), d.pos = r.pos.data(), d.seg_start = r.seg_start.data(), d.targets = r.targets.data();
@@ -273,56 +339,33 @@ struct Model<T>::Impl {
     }
   }
 
-  Impl(const ModelConfig& cfg, const ParamTable& t) : c(cfg) {
-    const int L = int(c.num_hidden_layers);
-    for (int l = 0; l < c.n_layers_total(); ++l) layers.push_back(LayerParams::resolve(t, c, l));
-    embed = t.at("model.embed_tokens.weight").offset;
-    layer_range.assign(c.n_layers_total(), {INT64_MAX, 0});
-    tail_range = {INT64_MAX, 0};
-    for (const ParamInfo& p : t.params) {
-      if (p.expert >= 0) continue;
-      auto& r = p.layer >= 0 ? layer_range[p.layer] : (p.component == Component::embedding ? embed_range : tail_range);
-      r.first = std::min(r.first, p.offset);
-      r.second = std::max(r.second, p.offset + p.numel);
-    }
-    final_norm = t.at("model.norm.weight").offset;
-    head = c.tie_word_embeddings ? embed : t.at("lm_head.weight").offset;
-    for (int k = 1; k <= c.num_nextn_predict_layers; ++k) {
-      const std::string pre = "model.layers." + std::to_string(L + k - 1) + ".";
-      mtp_p.push_back({t.at(pre + "enorm.weight").offset, t.at(pre + "hnorm.weight").offset,
-                       t.at(pre + "eh_proj.weight").offset,
-                       t.at(pre + "shared_head.norm.weight").offset});
-    }
-  }
-
-  int64_t ep = 1, nodes = 1;
-  Recompute recompute;
-  SharedSlots slots;
-
-  void layout(Arena& a, int64_t B, int64_t T_) {
-    const int64_t N = B * T_, D = c.hidden_size, L = c.num_hidden_layers;
-    dev.assign(1 + c.num_nextn_predict_layers, DevRows{});
+  void layout_frame(Arena& a, const Chunk& ch, Frame<T>& f, int64_t B, int64_t T_) {
+    const int64_t N = B * T_, D = c.hidden_size;
+    f.dev.assign(1 + c.num_nextn_predict_layers, DevRows{});
     if (device != Device::cpu) {
-      for (size_t i = 0; i < dev.size(); ++i) {
+      for (size_t i = 0; i < f.dev.size(); ++i) {
         const int64_t n = B * std::max<int64_t>(T_ - int64_t(i), 0);
-        DevRows& d = dev[i];
+        DevRows& d = f.dev[i];
         d.d_ids = a.alloc<int32_t>(n), d.d_pos = a.alloc<int32_t>(n), d.d_seg = a.alloc<int32_t>(n);
         d.d_tgt = a.alloc<int32_t>(n), d.d_by_rows = a.alloc<int32_t>(n);
         d.d_by_start = a.alloc<int32_t>(n + 1), d.d_by_id = a.alloc<int32_t>(n);
       }
-      by_rows.resize(N), by_start.resize(N + 1), by_id.resize(N), id_count.resize(c.vocab_size);
     }
-    res.assign(L + 1, nullptr);
-    for (auto& r : res) r = a.alloc<T>(N * D);
-    lacts.assign(L, LayerActs<T>{});
-    for (int64_t l = 0; l < L; ++l) lacts[l].alloc(a, c, B, T_, c.is_moe_layer(l), ep, nodes, recompute, &slots);
-    h0 = a.alloc<T>(N * D);
-    rstd_final = a.alloc<acc_t<T>>(N);
-    dh0 = a.alloc<T>(N * D);
-    mtp.assign(c.num_nextn_predict_layers, MtpActs<T>{});
+    const int n_l = ch.l1 - ch.l0;
+    f.res.assign(n_l + 1, nullptr);
+    for (auto& r : f.res) r = a.alloc<T>(N * D);
+    f.lacts.assign(n_l, LayerActs<T>{});
+    for (int i = 0; i < n_l; ++i) f.lacts[i].alloc(a, c, B, T_, c.is_moe_layer(ch.l0 + i), ep, nodes, recompute, &slots);
+    f.grad = a.alloc<T>(N * D);
+    f.mtp.clear();
+    if (!ch.tail) return;
+    f.h0 = a.alloc<T>(N * D);
+    f.rstd_final = a.alloc<acc_t<T>>(N);
+    f.dh0 = a.alloc<T>(N * D);
+    f.mtp.assign(c.num_nextn_predict_layers, MtpActs<T>{});
     for (int64_t k = 1; k <= c.num_nextn_predict_layers; ++k) {
       const int64_t Tk = std::max<int64_t>(T_ - k, 0), Nk = B * Tk;
-      MtpActs<T>& m = mtp[k - 1];
+      MtpActs<T>& m = f.mtp[k - 1];
       m.emb = a.alloc<T>(Nk * D);
       m.cat = a.alloc<T>(Nk * 2 * D);
       m.hprev = a.alloc<T>(Nk * D);
@@ -334,6 +377,17 @@ struct Model<T>::Impl {
       m.rstd_n = a.alloc<acc_t<T>>(Nk);
       m.dhn = a.alloc<T>(Nk * D);
       m.layer.alloc(a, c, B, Tk, c.is_moe_layer(L + k - 1), ep, nodes, recompute, &slots);
+    }
+  }
+
+  void layout(Arena& a, int64_t B, int64_t T_) {
+    if (device != Device::cpu) {
+      const int64_t N = B * T_;
+      by_rows.resize(N), by_start.resize(N + 1), by_id.resize(N), id_count.resize(c.vocab_size);
+    }
+    for (Chunk& ch : chunks) {
+      ch.frames.resize(ch.n_slots);
+      for (Frame<T>& f : ch.frames) layout_frame(a, ch, f, B, T_);
     }
   }
 };
@@ -355,7 +409,7 @@ Model<T>::Model(const ModelConfig& c, const ParamTable& table, const ModelOption
   UM_CHECK(opt.device == Device::cpu || nodes == 1, "model", "hierarchical expert dispatch (parallel.ranks_per_node) "
            "runs on the CPU only");
   UM_CHECK((opt.device != Device::cpu || std::is_same_v<T, acc_t<T>>), "model", "bf16 compute needs --device cuda");
-  impl_ = std::make_unique<Impl>(cfg_, table);
+  impl_ = std::make_unique<Impl>(cfg_, table, opt.chunks);
   impl_->ep = ep;
   impl_->nodes = nodes;
   impl_->recompute = opt.recompute;
@@ -383,8 +437,35 @@ template <class T>
 Model<T>::~Model() = default;
 
 template <class T>
+int Model<T>::n_chunks() const {
+  return int(impl_->chunks.size());
+}
+
+template <class T>
+bool Model<T>::owns_layer(int layer) const {
+  return impl_->owned.at(layer);
+}
+
+template <class T>
+T* Model<T>::chunk_input(int chunk, int slot) {
+  return impl_->chunks.at(chunk).frames.at(slot).res.front();
+}
+
+template <class T>
+T* Model<T>::chunk_output(int chunk, int slot) {
+  return impl_->chunks.at(chunk).frames.at(slot).res.back();
+}
+
+template <class T>
+T* Model<T>::grad(int chunk, int slot) {
+  return impl_->chunks.at(chunk).frames.at(slot).grad;
+}
+
+template <class T>
 void Model<T>::sublayer_output_std(int64_t B, std::vector<double>& attn, std::vector<double>& ffn,
                                    const Ctx& ctx) const {
+  UM_CHECK(impl_->chunks.size() == 1 && impl_->chunks[0].embed && impl_->chunks[0].tail, "model",
+           "DSSN auto calibration needs the whole model on one rank (no pipeline parallelism)");
   const int64_t n = B * opt_.seq_len * cfg_.hidden_size;
   std::vector<T> host(n);
   auto stddev = [&](const T* x) {
@@ -399,7 +480,7 @@ void Model<T>::sublayer_output_std(int64_t B, std::vector<double>& attn, std::ve
   };
   attn.clear();
   ffn.clear();
-  for (const auto& a : impl_->lacts) {
+  for (const auto& a : impl_->chunks[0].frames[0].lacts) {
     attn.push_back(stddev(a.att));
     ffn.push_back(stddev(a.ffn));
   }
@@ -443,7 +524,8 @@ template std::pair<double, double> calibrate_dssn<bf16>(Model<bf16>&, ParamStore
 
 template <class T>
 int64_t Model<T>::bias_offset(size_t i) const {
-  return impl_->layers[moe_layers_.at(i)].moe_p.bias;
+  const int layer = moe_layers_.at(i);
+  return impl_->owned[layer] ? impl_->layers[layer].moe_p.bias : -1;
 }
 
 template <class T>
@@ -474,13 +556,40 @@ void capture_rows(std::vector<T>& dst, const T* src, int64_t n, const Ctx& ctx) 
   dst.resize(size_t(n));
   ctx.download(dst.data(), src, size_t(n));
 }
+
+// How one MoE forward of a micro-batch of B sequences routes (DESIGN 1.5, 1.6).
+MoeOptions moe_options_for(const ModelConfig& c, const ModelOptions& opt, const StepScales& sc, int64_t B,
+                           int64_t rows_per_seq, bool backward) {
+  MoeOptions o;
+  o.spec = {c.topk_method, int(c.num_experts_per_tok), int(c.n_group), int(c.topk_group)};
+  o.use_bias = opt.aux_free || c.aux_free_bias;
+  o.capacity_factor = backward ? opt.capacity_factor : 0.0;  // inference is always dropless
+  o.pool_rows = opt.balance_scope == BalanceScope::sequence ? rows_per_seq : B * rows_per_seq;
+  o.balance_coef = sc.balance_alpha / sc.n_pools;
+  o.z_coef = sc.z_coef / double(sc.n_sequences * rows_per_seq);
+  o.comms = opt.comms;
+  o.recompute = opt.recompute;
+  return o;
+}
 }  // namespace
 
 template <class T>
 const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
                                        const StepScales& sc, bool backward, const Ctx& ctx,
                                        Capture<T>* cap) {
+  UM_CHECK(impl_->chunks.size() == 1 && impl_->chunks[0].embed && impl_->chunks[0].tail, "model",
+           "forward_backward needs the whole model in one chunk; a pipeline rank runs forward_chunk/backward_chunk");
+  const MicroResult& r = forward_chunk(0, 0, ps, windows, B, sc, backward, ctx, cap);
+  if (backward) backward_chunk(0, 0, ps, sc, ctx);
+  return r;
+}
+
+template <class T>
+const MicroResult& Model<T>::forward_chunk(int chunk, int slot, ParamStore<T>& ps, const int32_t* windows, int64_t B,
+                                           const StepScales& sc, bool backward, const Ctx& ctx, Capture<T>* cap) {
   Impl& m = *impl_;
+  typename Impl::Chunk& ch = m.chunks.at(chunk);
+  Frame<T>& f = ch.frames.at(slot);
   const ModelConfig& c = cfg_;
   const int64_t T_ = opt_.seq_len, D = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers,
                 depth = c.num_nextn_predict_layers;
@@ -490,30 +599,20 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
            " MTP counts, the model has depth ", depth);
   UM_CHECK(ctx.device == opt_.device, "model", "the model lives on ", device_name(opt_.device),
            ", the Ctx is for ", device_name(ctx.device));
-  build_window_batch(m.wb, windows, B, T_, depth, V);
-  m.upload_batch(ctx);
+  UM_CHECK(!cap || (ch.embed && ch.tail), "model", "captures need the whole model in one chunk");
+  f.B = B;
+  build_window_batch(f.wb, windows, B, T_, depth, V);
+  m.upload_batch(f, ctx);
   const WeightPtrs<T> W = WeightPtrs<T>::of(ps, backward);
   acc_t<T>* g = W.g;
   const RopeTables<T> rope{m.rope_cos.data(), m.rope_sin.data()};
   const int64_t N = B * T_;
 
-  MicroResult& r = result_;
+  MicroResult& r = f.result;
   r.ce_main = 0;
   r.ce_mtp.assign(depth, 0.0);
   r.moe.resize(moe_layers_.size());
   for (MoeStats& st : r.moe) st.reset(c.n_routed_experts);  // layers that do not run report zeros
-  auto moe_options = [&](int64_t rows_per_seq) {
-    MoeOptions o;
-    o.spec = {c.topk_method, int(c.num_experts_per_tok), int(c.n_group), int(c.topk_group)};
-    o.use_bias = opt_.aux_free || c.aux_free_bias;
-    o.capacity_factor = backward ? opt_.capacity_factor : 0.0;  // inference is always dropless
-    o.pool_rows = opt_.balance_scope == BalanceScope::sequence ? rows_per_seq : B * rows_per_seq;
-    o.balance_coef = sc.balance_alpha / sc.n_pools;
-    o.z_coef = sc.z_coef / double(sc.n_sequences * rows_per_seq);
-    o.comms = opt_.comms;
-    o.recompute = opt_.recompute;
-    return o;
-  };
   auto stats_for = [&](int layer) -> MoeStats* {
     for (size_t i = 0; i < moe_layers_.size(); ++i)
       if (moe_layers_[i] == layer) return &r.moe[i];
@@ -524,25 +623,29 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
     cap->mtp_logits.assign(depth, {});
   }
 
-  // ---- forward: main model ----
-  const typename Impl::DevRows& main_rows = m.dev[0];
+  // ---- forward: the chunk's main layers ----
+  const DevRows& main_rows = f.dev[0];
   const SeqView main_seq{B, T_, main_rows.pos, main_rows.seg_start};
-  const MoeOptions main_mo = moe_options(T_);
+  const MoeOptions main_mo = moe_options_for(c, opt_, sc, B, T_, backward);
   std::optional<PhaseTimer> phase;
   phase.emplace(ctx.prof, Phase::norms);
-  embedding_forward<T>(m.res[0], main_rows.ids, W.w + m.embed, N, D, ctx);
-  for (int64_t l = 0; l < L; ++l) {
-    layer_forward<T>(m.res[l + 1], m.res[l], m.lacts[l], stats_for(int(l)), m.layers[l], W, c, main_seq, rope,
-                     main_mo, m.scratch, ctx);
-    if (cap) capture_rows(cap->hidden[l], m.res[l + 1], N * D, ctx);
+  if (ch.embed) embedding_forward<T>(f.res[0], main_rows.ids, W.w + m.embed, N, D, ctx);
+  for (int i = 0; i < ch.l1 - ch.l0; ++i) {
+    const int l = ch.l0 + i;
+    layer_forward<T>(f.res[i + 1], f.res[i], f.lacts[i], stats_for(l), m.layers[l], W, c, main_seq, rope, main_mo,
+                     m.scratch, ctx);
+    if (cap) capture_rows(cap->hidden[l], f.res[i + 1], N * D, ctx);
   }
-  rmsnorm_forward<T>(m.h0, D, m.rstd_final, m.res[L], D, W.wm + m.final_norm, N, D, c.rms_norm_eps, ctx);
+  if (!ch.tail) return r;
+
+  // ---- forward: final norm, LM head ----
+  rmsnorm_forward<T>(f.h0, D, f.rstd_final, f.res.back(), D, W.wm + m.final_norm, N, D, c.rms_norm_eps, ctx);
   CaptureSink<T> sink;
-  if (cap) capture_rows(cap->hidden_norm, m.h0, N * D, ctx);
+  if (cap) capture_rows(cap->hidden_norm, f.h0, N * D, ctx);
   phase.reset();
   phase.emplace(ctx.prof, Phase::head);
-  r.ce_main = lm_head_cross_entropy<T>(backward ? m.dh0 : nullptr, backward ? g + m.head : nullptr,
-                                       cap ? sink.open(&cap->logits, N * V, ctx) : nullptr, nullptr, m.h0,
+  r.ce_main = lm_head_cross_entropy<T>(backward ? f.dh0 : nullptr, backward ? g + m.head : nullptr,
+                                       cap ? sink.open(&cap->logits, N * V, ctx) : nullptr, nullptr, f.h0,
                                        W.w + m.head, main_rows.targets, N, D, V, 1.0 / sc.n_main, ctx);
   sink.close(ctx);
 
@@ -550,15 +653,15 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
   phase.reset();
   phase.emplace(ctx.prof, Phase::mtp);
   for (int64_t k = 1; k <= (sc.with_mtp || backward ? depth : 0); ++k) {
-    MtpActs<T>& a = m.mtp[k - 1];
+    MtpActs<T>& a = f.mtp[k - 1];
     const auto& mp = m.mtp_p[k - 1];
-    const SeqRows& rows = m.wb.mtp[k - 1];
-    const typename Impl::DevRows& dr = m.dev[k];
+    const SeqRows& rows = f.wb.mtp[k - 1];
+    const DevRows& dr = f.dev[k];
     const int64_t Tk = rows.T, Nk = rows.rows();
     if (Nk == 0) continue;
     const SeqView seq{B, Tk, dr.pos, dr.seg_start};
     // h_prev: the main final-norm output (k = 1) or module k-1's head-norm output, rows i < T-k
-    const T* src = k == 1 ? m.h0 : m.mtp[k - 2].hn;
+    const T* src = k == 1 ? f.h0 : f.mtp[k - 2].hn;
     const int64_t T_src = Tk + 1;
     copy_rows<T>(a.hprev, Tk * D, src, T_src * D, B, Tk * D, false, ctx);
     embedding_forward<T>(a.emb, dr.ids, W.w + m.embed, Nk, D, ctx);
@@ -567,7 +670,7 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
     linear_forward<T>(a.h_in, D, a.cat, 2 * D, W.w + mp.eh_proj, Nk, 2 * D, D, ctx);
     const int layer = int(L + k - 1);
     layer_forward<T>(a.h_out, a.h_in, a.layer, stats_for(layer), m.layers[layer], W, c, seq, rope,
-                     moe_options(Tk), m.scratch, ctx);
+                     moe_options_for(c, opt_, sc, B, Tk, backward), m.scratch, ctx);
     rmsnorm_forward<T>(a.hn, D, a.rstd_n, a.h_out, D, W.wm + mp.head_norm, Nk, D, c.rms_norm_eps, ctx);
     if (cap) capture_rows(cap->hidden[layer], a.h_out, Nk * D, ctx);
     const double weight = sc.mtp_lambda / double(depth) / std::max(sc.n_mtp[k - 1], 1.0);
@@ -578,57 +681,80 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
         dr.targets, Nk, D, V, weight, ctx);
     mtp_sink.close(ctx);
   }
-  if (!backward) return r;
+  return r;
+}
 
-  // ---- backward: MTP modules, last first; each hands a gradient to the one before ----
+template <class T>
+void Model<T>::backward_chunk(int chunk, int slot, ParamStore<T>& ps, const StepScales& sc, const Ctx& ctx) {
+  Impl& m = *impl_;
+  typename Impl::Chunk& ch = m.chunks.at(chunk);
+  Frame<T>& f = ch.frames.at(slot);
+  const ModelConfig& c = cfg_;
+  const int64_t T_ = opt_.seq_len, D = c.hidden_size, L = c.num_hidden_layers, depth = c.num_nextn_predict_layers;
+  const int64_t B = f.B, N = B * T_;
+  const WeightPtrs<T> W = WeightPtrs<T>::of(ps, true);
+  acc_t<T>* g = W.g;
+  const RopeTables<T> rope{m.rope_cos.data(), m.rope_sin.data()};
   Arena& s = m.scratch;
-  for (int64_t k = depth; k >= 1; --k) {
-    MtpActs<T>& a = m.mtp[k - 1];
-    const auto& mp = m.mtp_p[k - 1];
-    const SeqRows& rows = m.wb.mtp[k - 1];
-    const typename Impl::DevRows& dr = m.dev[k];
-    const int64_t Tk = rows.T, Nk = rows.rows();
-    if (Nk == 0) continue;
-    const SeqView seq{B, Tk, dr.pos, dr.seg_start};
-    const size_t mark = s.mark();
-    T* dres = s.alloc<T>(Nk * D);
-    T* dcat = s.alloc<T>(Nk * 2 * D);
-    T* demb = s.alloc<T>(Nk * D);
-    T* dprev = s.alloc<T>(Nk * D);
-    rmsnorm_backward<T>(dres, D, g + mp.head_norm, a.dhn, D, a.h_out, D, W.wm + mp.head_norm,
-                        a.rstd_n, Nk, D, false, ctx);
-    const int layer = int(L + k - 1);
-    layer_backward<T>(dres, a.h_in, a.layer, m.layers[layer], W, c, seq, rope, moe_options(Tk), s, ctx);
-    linear_backward<T>(dcat, 2 * D, g + mp.eh_proj, dres, D, a.cat, 2 * D, W.w + mp.eh_proj, Nk,
-                       2 * D, D, false, ctx);
-    rmsnorm_backward<T>(demb, D, g + mp.enorm, dcat, 2 * D, a.emb, D, W.wm + mp.enorm, a.rstd_e, Nk,
-                        D, false, ctx);
-    embedding_backward<T>(g + m.embed, demb, dr.ids, dr.by_id, Nk, D, ctx);
-    rmsnorm_backward<T>(dprev, D, g + mp.hnorm, dcat + D, 2 * D, a.hprev, D, W.wm + mp.hnorm,
-                        a.rstd_h, Nk, D, false, ctx);
-    if (sc.on_grads_ready) sc.on_grads_ready(m.layer_range[layer].first, m.layer_range[layer].second);
-    T* dsrc = k == 1 ? m.dh0 : m.mtp[k - 2].dhn;
-    const int64_t T_src = Tk + 1;
-    copy_rows<T>(dsrc, T_src * D, dprev, Tk * D, B, Tk * D, true, ctx);
-    s.release(mark);
+  std::optional<PhaseTimer> phase;
+
+  if (ch.tail) {
+    // ---- backward: MTP modules, last first; each hands a gradient to the one before ----
+    phase.emplace(ctx.prof, Phase::mtp);
+    for (int64_t k = depth; k >= 1; --k) {
+      MtpActs<T>& a = f.mtp[k - 1];
+      const auto& mp = m.mtp_p[k - 1];
+      const SeqRows& rows = f.wb.mtp[k - 1];
+      const DevRows& dr = f.dev[k];
+      const int64_t Tk = rows.T, Nk = rows.rows();
+      if (Nk == 0) continue;
+      const SeqView seq{B, Tk, dr.pos, dr.seg_start};
+      const size_t mark = s.mark();
+      T* dres = s.alloc<T>(Nk * D);
+      T* dcat = s.alloc<T>(Nk * 2 * D);
+      T* demb = s.alloc<T>(Nk * D);
+      T* dprev = s.alloc<T>(Nk * D);
+      rmsnorm_backward<T>(dres, D, g + mp.head_norm, a.dhn, D, a.h_out, D, W.wm + mp.head_norm,
+                          a.rstd_n, Nk, D, false, ctx);
+      const int layer = int(L + k - 1);
+      layer_backward<T>(dres, a.h_in, a.layer, m.layers[layer], W, c, seq, rope,
+                        moe_options_for(c, opt_, sc, B, Tk, true), s, ctx);
+      linear_backward<T>(dcat, 2 * D, g + mp.eh_proj, dres, D, a.cat, 2 * D, W.w + mp.eh_proj, Nk,
+                         2 * D, D, false, ctx);
+      rmsnorm_backward<T>(demb, D, g + mp.enorm, dcat, 2 * D, a.emb, D, W.wm + mp.enorm, a.rstd_e, Nk,
+                          D, false, ctx);
+      embedding_backward<T>(g + m.embed, demb, dr.ids, dr.by_id, Nk, D, ctx);
+      rmsnorm_backward<T>(dprev, D, g + mp.hnorm, dcat + D, 2 * D, a.hprev, D, W.wm + mp.hnorm,
+                          a.rstd_h, Nk, D, false, ctx);
+      if (sc.on_grads_ready) sc.on_grads_ready(m.layer_range[layer].first, m.layer_range[layer].second);
+      T* dsrc = k == 1 ? f.dh0 : f.mtp[k - 2].dhn;
+      const int64_t T_src = Tk + 1;
+      copy_rows<T>(dsrc, T_src * D, dprev, Tk * D, B, Tk * D, true, ctx);
+      s.release(mark);
+    }
+    // ---- backward: final norm; f.grad becomes the gradient of the last residual stream ----
+    phase.reset();
+    phase.emplace(ctx.prof, Phase::norms);
+    rmsnorm_backward<T>(f.grad, D, g + m.final_norm, f.dh0, D, f.res.back(), D, W.wm + m.final_norm,
+                        f.rstd_final, N, D, false, ctx);
+    if (sc.on_grads_ready) sc.on_grads_ready(m.tail_range.first, m.tail_range.second);
+  } else {
+    phase.emplace(ctx.prof, Phase::norms);  // f.grad holds the gradient of the chunk's output
   }
 
-  // ---- backward: main model ----
-  phase.reset();
-  phase.emplace(ctx.prof, Phase::norms);
-  const size_t mark = s.mark();
-  T* dres = s.alloc<T>(N * D);
-  rmsnorm_backward<T>(dres, D, g + m.final_norm, m.dh0, D, m.res[L], D, W.wm + m.final_norm,
-                      m.rstd_final, N, D, false, ctx);
-  if (sc.on_grads_ready) sc.on_grads_ready(m.tail_range.first, m.tail_range.second);
-  for (int64_t l = L - 1; l >= 0; --l) {
-    layer_backward<T>(dres, m.res[l], m.lacts[l], m.layers[l], W, c, main_seq, rope, main_mo, s, ctx);
+  // ---- backward: the chunk's main layers, in place on f.grad (the residual stream) ----
+  const DevRows& main_rows = f.dev[0];
+  const SeqView main_seq{B, T_, main_rows.pos, main_rows.seg_start};
+  const MoeOptions main_mo = moe_options_for(c, opt_, sc, B, T_, true);
+  for (int i = ch.l1 - ch.l0 - 1; i >= 0; --i) {
+    const int l = ch.l0 + i;
+    layer_backward<T>(f.grad, f.res[i], f.lacts[i], m.layers[l], W, c, main_seq, rope, main_mo, s, ctx);
     if (sc.on_grads_ready) sc.on_grads_ready(m.layer_range[l].first, m.layer_range[l].second);
   }
-  embedding_backward<T>(g + m.embed, dres, main_rows.ids, main_rows.by_id, N, D, ctx);
-  if (sc.on_grads_ready) sc.on_grads_ready(m.embed_range.first, m.embed_range.second);
-  s.release(mark);
-  return r;
+  if (ch.embed) {
+    embedding_backward<T>(g + m.embed, f.grad, main_rows.ids, main_rows.by_id, N, D, ctx);
+    if (sc.on_grads_ready) sc.on_grads_ready(m.embed_range.first, m.embed_range.second);
+  }
 }
 
 template class Model<float>;

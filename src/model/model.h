@@ -29,6 +29,15 @@ enum class BalanceScope : uint8_t { sequence, micro_batch, ep_group, global };
 const char* balance_scope_name(BalanceScope s);
 BalanceScope parse_balance_scope(const std::string& s);
 
+// A contiguous piece of the model that one pipeline rank runs for a micro-batch (DESIGN 4), in
+// units: 0 the input embedding, 1..L the main decoder layers 0..L-1, L+1 the tail (final norm,
+// LM head and the MTP modules). n_slots micro-batches keep their activations in the chunk at once
+// (the pipeline schedule's in-flight count).
+struct ChunkSpec {
+  int unit_begin = 0, unit_end = -1;  // [begin, end); -1: to the last unit
+  int n_slots = 1;
+};
+
 struct ModelOptions {
   int64_t micro_batch = 1;         // sequences per forward (the arena is sized for this many)
   int64_t seq_len = 1;             // T
@@ -38,6 +47,7 @@ struct ModelOptions {
   MoeComms comms;                  // expert parallelism and cross-rank balance pools (null: local)
   Recompute recompute;             // activations rebuilt in the backward instead of kept
   Device device = Device::cpu;     // where activations live (the ParamStore must be there too)
+  std::vector<ChunkSpec> chunks;   // this rank's pieces; empty: the whole model, one slot
 };
 
 // Normalisations known before the forward (DESIGN 1.6-1.8), the same on every micro-batch of a
@@ -85,9 +95,27 @@ class Model {
   // Runs one micro-batch of windows (B <= options().micro_batch sequences of seq_len + 1 ids).
   // With backward, gradients accumulate into ps.g. The result lives in the model until the next
   // call (no allocation per call).
+  // Needs the whole model in one chunk.
   const MicroResult& forward_backward(ParamStore<T>& ps, const int32_t* windows, int64_t B,
                                const StepScales& sc, bool backward, const Ctx& ctx,
                                Capture<T>* capture = nullptr);
+
+  // Pipeline parallelism: one chunk at a time, the activations of micro-batch `slot` kept in the
+  // chunk until its backward. A chunk without the embedding reads its input from chunk_input()
+  // (the previous virtual stage's output, received there first); a chunk without the tail leaves
+  // its output in chunk_output(), and its backward reads the output's gradient from grad(),
+  // where it leaves the input's gradient (to send back). `windows` are the micro-batch's token
+  // windows (every stage reads positions, document masks and targets from them).
+  const MicroResult& forward_chunk(int chunk, int slot, ParamStore<T>& ps, const int32_t* windows, int64_t B,
+                                   const StepScales& sc, bool backward, const Ctx& ctx,
+                                   Capture<T>* capture = nullptr);
+  void backward_chunk(int chunk, int slot, ParamStore<T>& ps, const StepScales& sc, const Ctx& ctx);
+  T* chunk_input(int chunk, int slot);   // (B*T, D)
+  T* chunk_output(int chunk, int slot);  // (B*T, D)
+  T* grad(int chunk, int slot);          // (B*T, D)
+  int n_chunks() const;
+  // Whether this rank holds decoder layer `layer` (main or MTP), the embedding, the tail.
+  bool owns_layer(int layer) const;
 
   // Standard deviation over all elements of every main layer's attention and FFN outputs (before
   // their post-norms) in the last forward of B sequences (downloaded to the host).
@@ -97,7 +125,8 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   const ModelOptions& options() const { return opt_; }
   const std::vector<int>& moe_layers() const { return moe_layers_; }
-  // Offset of MoE layer moe_layers()[i]'s aux-free bias in the buffer array.
+  // Offset of MoE layer moe_layers()[i]'s aux-free bias in the buffer array (-1 when another
+  // pipeline rank holds the layer).
   int64_t bias_offset(size_t i) const;
   size_t activation_bytes() const;  // the arenas (kept activations + backward scratch)
 
@@ -106,7 +135,6 @@ class Model {
   ModelConfig cfg_;
   ModelOptions opt_;
   std::vector<int> moe_layers_;
-  MicroResult result_;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -147,7 +147,12 @@ void add_mtp_inputs(TableBuilder& b, const ModelConfig& c, int layer) {
 
 }  // namespace
 
-ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size, int64_t pad) {
+bool tail_reads_embedding(const ModelConfig& c) {
+  return c.num_nextn_predict_layers > 0 || c.tie_word_embeddings;
+}
+
+ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size, int64_t pad,
+                             const StageContents* stage) {
   const int64_t E = c.n_routed_experts, D = c.hidden_size, F = c.moe_intermediate_size;
   UM_CHECK(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size, "params", "bad EP rank ", ep_rank,
            " of ", ep_size);
@@ -157,17 +162,26 @@ ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size, int
   TableBuilder b(t);
   const int L = static_cast<int>(c.num_hidden_layers);
   const int n_layers = static_cast<int>(c.n_layers_total());
+  if (stage)
+    UM_CHECK(int(stage->layers.size()) == n_layers, "params", "a stage lists ", stage->layers.size(),
+             " layers, the model has ", n_layers);
+  auto holds = [&](int layer) { return !stage || stage->layers[layer]; };
+  const bool embedding = !stage || stage->embedding || (stage->tail && tail_reads_embedding(c));
+  const bool tail = !stage || stage->tail;
 
-  b.embedding("model.embed_tokens.weight", c.vocab_size, D);
+  if (embedding) b.embedding("model.embed_tokens.weight", c.vocab_size, D);
   for (int layer = 0; layer < n_layers; ++layer) {
+    if (!holds(layer)) continue;
     if (layer >= L) add_mtp_inputs(b, c, layer);
     add_layer(b, c, layer);
     if (layer >= L)
       b.gain("model.layers." + std::to_string(layer) + ".shared_head.norm.weight", D, 1.0,
              Component::mtp_proj, layer);
   }
-  b.gain("model.norm.weight", D, 1.0, Component::final_norm, -1);
-  if (!c.tie_word_embeddings) b.matrix("lm_head.weight", c.vocab_size, D, Component::lm_head, -1);
+  if (tail) {
+    b.gain("model.norm.weight", D, 1.0, Component::final_norm, -1);
+    if (!c.tie_word_embeddings) b.matrix("lm_head.weight", c.vocab_size, D, Component::lm_head, -1);
+  }
   auto round_up = [pad](int64_t n) { return pad > 1 ? (n + pad - 1) / pad * pad : n; };
   t.n_elements = round_up(t.n_elements);
   t.n_replicated = t.n_elements;
@@ -175,7 +189,7 @@ ParamTable build_param_table(const ModelConfig& c, int ep_rank, int ep_size, int
   t.n_local_experts = E / ep_size;
   t.first_expert = ep_rank * t.n_local_experts;
   for (int layer = 0; layer < n_layers; ++layer) {
-    if (!c.is_moe_layer(layer)) continue;
+    if (!c.is_moe_layer(layer) || !holds(layer)) continue;
     const std::string pre = "model.layers." + std::to_string(layer) + ".mlp.experts.";
     for (int64_t e = t.first_expert; e < t.first_expert + t.n_local_experts; ++e) {
       const std::string x = pre + std::to_string(e) + ".";

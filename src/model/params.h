@@ -71,11 +71,25 @@ struct ParamTable {
   std::unordered_map<std::string, size_t> buffer_index;
 };
 
+// What one pipeline rank holds (DESIGN 4, pipeline parallelism): the input embedding, which
+// decoder layers (main and MTP, by index), and the tail (final norm, LM head, MTP inputs and head
+// norms). A tail rank also holds a copy of the embedding when the MTP modules or a tied head read
+// it. Null: everything (no pipeline).
+struct StageContents {
+  bool embedding = true;
+  std::vector<bool> layers;  // (n_layers_total)
+  bool tail = true;
+};
+
 // The full table (all experts) when ep_size = 1, else the slice of EP rank ep_rank: experts
 // [ep_rank*E/ep_size, (ep_rank+1)*E/ep_size). Names carry global expert indices.
 // pad > 1 rounds the replicated region and the expert region each up to a multiple of pad
 // elements (zeros that belong to no tensor), so they split into equal shards (ZeRO-1).
-ParamTable build_param_table(const ModelConfig& c, int ep_rank = 0, int ep_size = 1, int64_t pad = 1);
+// stage: only the tensors of one pipeline rank (null: all).
+ParamTable build_param_table(const ModelConfig& c, int ep_rank = 0, int ep_size = 1, int64_t pad = 1,
+                             const StageContents* stage = nullptr);
+// Whether the tail needs the embedding matrix (MTP inputs or a tied LM head).
+bool tail_reads_embedding(const ModelConfig& c);
 
 // The standard deviation of a weight matrix under the config's init method (DESIGN 1.3).
 double matrix_init_std(const ModelConfig& c);
