@@ -79,6 +79,11 @@ class JsonReader {
     } else if constexpr (std::is_same_v<T, std::string>) {
       UM_CHECK(v.is_string(), origin_, where, ": expected a string, got ", v.dump());
       return v.get<std::string>();
+    } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+      UM_CHECK(v.is_array(), origin_, where, ": expected a list of integers, got ", v.dump());
+      std::vector<int64_t> out;
+      for (size_t i = 0; i < v.size(); ++i) out.push_back(convert<int64_t>(v[i], where + "[" + std::to_string(i) + "]"));
+      return out;
     } else {
       static_assert(sizeof(T) == 0, "unsupported type");
     }

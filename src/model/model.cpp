@@ -442,6 +442,11 @@ int Model<T>::n_chunks() const {
 }
 
 template <class T>
+int Model<T>::chunk_slots(int chunk) const {
+  return impl_->chunks.at(chunk).n_slots;
+}
+
+template <class T>
 bool Model<T>::owns_layer(int layer) const {
   return impl_->owned.at(layer);
 }
@@ -526,6 +531,11 @@ template <class T>
 int64_t Model<T>::bias_offset(size_t i) const {
   const int layer = moe_layers_.at(i);
   return impl_->owned[layer] ? impl_->layers[layer].moe_p.bias : -1;
+}
+
+template <class T>
+int64_t Model<T>::embedding_offset() const {
+  return impl_->embed;
 }
 
 template <class T>

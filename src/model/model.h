@@ -114,6 +114,7 @@ class Model {
   T* chunk_output(int chunk, int slot);  // (B*T, D)
   T* grad(int chunk, int slot);          // (B*T, D)
   int n_chunks() const;
+  int chunk_slots(int chunk) const;  // micro-batches whose activations the chunk can hold at once
   // Whether this rank holds decoder layer `layer` (main or MTP), the embedding, the tail.
   bool owns_layer(int layer) const;
 
@@ -128,6 +129,8 @@ class Model {
   // Offset of MoE layer moe_layers()[i]'s aux-free bias in the buffer array (-1 when another
   // pipeline rank holds the layer).
   int64_t bias_offset(size_t i) const;
+  // Offset of the input embedding (V x D) in the flat buffers; -1 when this rank holds none.
+  int64_t embedding_offset() const;
   size_t activation_bytes() const;  // the arenas (kept activations + backward scratch)
 
  private:

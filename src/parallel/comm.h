@@ -22,6 +22,11 @@ class Request {
   struct Impl {
     virtual ~Impl() = default;
     virtual void wait() = 0;
+    // Whether the operation has completed, without blocking (the default blocks: completes it).
+    virtual bool test() {
+      wait();
+      return true;
+    }
     // Called once the request has completed, instead of delete: a communicator that pools its
     // request objects (so a steady-state step allocates nothing) takes it back here.
     virtual void release() { delete this; }
@@ -43,6 +48,11 @@ class Request {
       impl_->wait();
       impl_.reset();
     }
+  }
+  // True once complete (then the request is empty); never blocks on MPI.
+  bool test() {
+    if (impl_ && impl_->test()) impl_.reset();
+    return !impl_;
   }
 
  private:

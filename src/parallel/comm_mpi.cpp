@@ -64,6 +64,11 @@ struct MpiRequest final : Request::Impl {
     Busy b(*busy);
     check(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
   }
+  bool test() override {
+    int done = 0;
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    return done != 0;
+  }
   void release() override { free_list->push_back(this); }
 };
 

@@ -10,8 +10,12 @@
 namespace um {
 
 void check_layout(const RunConfig& rc, int W) {
-  const int64_t ep = rc.parallel.ep;
-  UM_CHECK(W % ep == 0, "config", "parallel.ep=", ep, " must divide the number of ranks, ", W);
+  const int64_t ep = rc.parallel.ep, pp = rc.parallel.pp, Wd = W / pp;
+  UM_CHECK(W % pp == 0, "config", "parallel.pp=", pp, " must divide the number of ranks, ", W);
+  UM_CHECK(Wd % ep == 0, "config", "parallel.ep=", ep, " must divide the number of ranks", pp > 1 ? " of a pipeline stage, " : ", ", Wd);
+  UM_CHECK(rc.train.batch_size % (rc.train.micro_batch_size * Wd) == 0, "config", "train.batch_size=",
+           rc.train.batch_size, " must be a multiple of micro_batch_size=", rc.train.micro_batch_size,
+           " x data-parallel ranks=", Wd);
   if (rc.train.imbalance_devices > 0)
     UM_CHECK(rc.model.n_routed_experts % rc.train.imbalance_devices == 0, "config", "train.imbalance_devices=",
              rc.train.imbalance_devices, " does not divide n_routed_experts=", rc.model.n_routed_experts);
@@ -67,9 +71,12 @@ Peak run_peak(const Placement& pl, const std::string& hardware, int n_threads, i
 template <class T>
 Engine<T>::Engine(const RunConfig& config, Comm& w, Device d, Profiler* prof)
     : rc(config), world(&w), W(w.size()), rank(w.rank()), ep(int(config.parallel.ep)),
-      layout(w, int(config.parallel.ep), int(config.parallel.ranks_per_node)),
+      pp(int(config.parallel.pp)), pp_rank(0), Wd(W / std::max(pp, 1)), dp_rank(rank),
+      layout((check_layout(config, W), w), int(config.parallel.ep), int(config.parallel.ranks_per_node),
+             int(config.parallel.pp)),
       device(DeviceContext::create(d)), ws(d), ctx(device->ctx(&ws, prof)) {
-  check_layout(rc, W);
+  pp_rank = layout.pp_rank;
+  dp_rank = layout.data().rank();
   UM_CHECK(d == Device::cpu || W == 1, "engine", "training on ", W, " ranks with --device ", device_name(d),
            " is not implemented yet: the gradient and dispatch collectives of the CUDA backend need NCCL "
            "groups beside the MPI ones; run one process per GPU job");
@@ -80,23 +87,31 @@ Engine<T>::Engine(const RunConfig& config, Comm& w, Device d, Profiler* prof)
   comms.intra = layout.ep_intra.get();
   comms.inter = layout.ep_inter.get();
   if (tc.balance_scope == BalanceScope::ep_group && ep > 1) comms.pool = layout.ep.get();
-  if (tc.balance_scope == BalanceScope::global && W > 1) comms.pool = world;
+  if (tc.balance_scope == BalanceScope::global && Wd > 1) comms.pool = &layout.data();
   const bool zero = rc.parallel.zero == 1;
-  table = build_param_table(rc.model, rank % ep, ep, zero ? int64_t(W) * 16 : 1);
-  optim = zero ? Optimizer::zero_shard(table, tc.weight_decay_norms, rank, W, layout.edp->rank(), W / ep)
+  std::vector<ChunkSpec> chunks;
+  StageContents contents;
+  if (pp > 1) {
+    UM_CHECK(d == Device::cpu, "engine", "pipeline parallelism runs on the CPU only");
+    pipeline = PipelineLayout::make(rc.model, rc.parallel);
+    contents = pipeline.contents(rc.model, pp_rank);
+    chunks = pipeline.chunks(pp_rank, local_sequences() / tc.micro_batch_size);
+  }
+  table = build_param_table(rc.model, dp_rank % ep, ep, zero ? int64_t(Wd) * 16 : 1, pp > 1 ? &contents : nullptr);
+  optim = zero ? Optimizer::zero_shard(table, tc.weight_decay_norms, dp_rank, Wd, layout.edp->rank(), Wd / ep)
                : Optimizer::full(table, tc.weight_decay_norms);
   ps = ParamStore<T>(table, optim.moment_elements(), d);
-  model = std::make_unique<Model<T>>(
-      rc.model, table,
-      ModelOptions{tc.micro_batch_size, rc.data.seq_len, tc.balance_scope, tc.capacity_factor, tc.aux_free, comms,
-                   Recompute::parse(tc.recompute), d});
+  ModelOptions mo{tc.micro_batch_size, rc.data.seq_len, tc.balance_scope, tc.capacity_factor, tc.aux_free, comms,
+                  Recompute::parse(tc.recompute), d};
+  mo.chunks = chunks;
+  model = std::make_unique<Model<T>>(rc.model, table, mo);
 }
 
 template <class T>
 void Engine<T>::take_canonical(const int32_t* global_batch, int32_t* local) const {
   const int64_t T1 = rc.data.seq_len + 1, m = rc.train.micro_batch_size;
   for (int64_t a = 0; a < local_sequences() / m; ++a)
-    std::copy_n(global_batch + canonical_first_sequence(a, rank, W, m) * T1, m * T1, local + a * m * T1);
+    std::copy_n(global_batch + canonical_first_sequence(a, dp_rank, Wd, m) * T1, m * T1, local + a * m * T1);
 }
 
 template struct Engine<float>;

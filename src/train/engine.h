@@ -11,6 +11,7 @@
 #include "ops/device_context.h"
 #include "parallel/groups.h"
 #include "train/optimizer.h"
+#include "train/pipeline.h"
 #include "train/run_config.h"
 
 namespace um {
@@ -37,8 +38,11 @@ template <class T>
 struct Engine {
   RunConfig rc;
   Comm* world;
-  int W, rank, ep;
+  int W, rank, ep;     // the job's ranks, this rank, the EP group size
+  int pp, pp_rank;     // pipeline stages, this rank's stage (DESIGN 4)
+  int Wd, dp_rank;     // data-parallel ranks (W / pp) and this rank's index among them
   ParallelLayout layout;
+  PipelineLayout pipeline;
   StepGroups groups;   // null groups in one process
   MoeComms comms;
   ParamTable table;
@@ -51,12 +55,12 @@ struct Engine {
 
   Engine(const RunConfig& rc, Comm& world, Device d = Device::cpu, Profiler* prof = nullptr);
 
-  int64_t local_sequences() const { return rc.train.batch_size / W; }
+  int64_t local_sequences() const { return rc.train.batch_size / Wd; }
   // This rank's windows of a step from the step's global batch (B, T+1), canonical placement.
   void take_canonical(const int32_t* global_batch, int32_t* local) const;
 };
 
-// Collects the shared checks of a run config against a world of W ranks.
+// Collects the shared checks of a run config against a world of W ranks (W / pp per stage).
 void check_layout(const RunConfig& rc, int W);
 // A MoGE model whose device count (parallel.ep, or train.imbalance_devices in one process) does
 // not divide n_group: one line on stderr from rank 0 (DESIGN 1.5: IS = 0 is not guaranteed).

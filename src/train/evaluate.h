@@ -22,9 +22,11 @@ struct EvalResult {
 // scores nothing, so the expert-parallel collectives stay matched) and the sums all-reduced.
 // expert_load (optional): per MoE layer, the routing statistics summed over the scored windows
 // (tokens per expert with the biased selection, router entropy), for `eval --expert-stats`.
+// Pipeline parallelism (pipe, DESIGN 4): `world` is the stage's data-parallel group; each window
+// flows through the pipeline's stages and the last one scores it.
 template <class T>
 EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windows,
                     int64_t max_windows, const Ctx& ctx, Comm* world = nullptr,
-                    std::vector<MoeStats>* expert_load = nullptr);
+                    std::vector<MoeStats>* expert_load = nullptr, Comm* pipe = nullptr);
 
 }  // namespace um

@@ -1,5 +1,7 @@
 #include "train/run_config.h"
 
+#include "train/pipeline.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -158,6 +160,13 @@ ParallelConfig parse_parallel(const json& j) {
   UM_CHECK(p.zero == 0 || p.zero == 1, "config", "parallel.zero: expected 0 or 1, got ", p.zero);
   p.ranks_per_node = r.opt<int64_t>("ranks_per_node", 0);
   p.dp_attention_balance = r.opt<bool>("dp_attention_balance", false);
+  p.pp = r.opt<int64_t>("pp", 1);
+  p.vpp = r.opt<int64_t>("vpp", 1);
+  UM_CHECK(p.pp >= 1 && p.vpp >= 1, "config", "parallel.pp and parallel.vpp must be >= 1, got ", p.pp, " and ", p.vpp);
+  p.pp_layers = r.opt<std::vector<int64_t>>("pp_layers", {});
+  p.mtp_stage = r.opt<std::string>("mtp_stage", "last");
+  UM_CHECK(p.mtp_stage == "last" || p.mtp_stage == "own", "config", "parallel.mtp_stage: expected last or own, got \"",
+           p.mtp_stage, "\"");
   r.finish();
   return p;
 }
@@ -177,8 +186,24 @@ RunConfig parse_run_config(const json& j, int world) {
   rc.data = parse_data(j.contains("data") ? j["data"] : json::object());
   rc.parallel = parse_parallel(j.contains("parallel") ? j["parallel"] : json::object());
   const TrainConfig& t = rc.train;
-  UM_CHECK(t.batch_size % (t.micro_batch_size * world) == 0, "config", "train.batch_size=", t.batch_size,
-           " must be a multiple of micro_batch_size=", t.micro_batch_size, " x ranks=", world);
+  const ParallelConfig& pc = rc.parallel;
+  UM_CHECK(world % pc.pp == 0, "config", "parallel.pp=", pc.pp, " must divide the number of ranks, ", world);
+  const int64_t data_ranks = pc.data_ranks(world);
+  UM_CHECK(t.batch_size % (t.micro_batch_size * data_ranks) == 0, "config", "train.batch_size=", t.batch_size,
+           " must be a multiple of micro_batch_size=", t.micro_batch_size, " x data-parallel ranks=", data_ranks,
+           pc.pp > 1 ? " (ranks / parallel.pp)" : "");
+  if (pc.pp > 1 || pc.vpp > 1) {
+    UM_CHECK(pc.pp > 1, "config", "parallel.vpp=", pc.vpp, " needs parallel.pp > 1 (virtual stages interleave across "
+             "pipeline ranks)");
+    const int64_t micro = t.batch_size / t.micro_batch_size / data_ranks;
+    UM_CHECK(pc.vpp == 1 || micro % pc.pp == 0, "config", "parallel.vpp=", pc.vpp,
+             ": the interleaved schedule needs the micro-batches per step (", micro,
+             ") to be a multiple of parallel.pp=", pc.pp);
+    for (int64_t n : pc.pp_layers) UM_CHECK(n >= 0, "config", "parallel.pp_layers: negative layer count ", n);
+    PipelineLayout::make(rc.model, pc);  // the cut into virtual stages, checked
+  } else {
+    UM_CHECK(pc.pp_layers.empty(), "config", "parallel.pp_layers is given without pipeline parallelism (parallel.pp = 1)");
+  }
   UM_CHECK(rc.data.seq_len <= rc.model.max_position_embeddings, "config", "data.seq_len=", rc.data.seq_len,
            " exceeds model.max_position_embeddings=", rc.model.max_position_embeddings);
   UM_CHECK(rc.data.seq_len > rc.model.num_nextn_predict_layers, "config", "data.seq_len=", rc.data.seq_len,
@@ -217,7 +242,8 @@ json RunConfig::to_json() const {
                 {"imbalance_devices", t.imbalance_devices}};
   j["data"] = {{"path", data.path}, {"seq_len", data.seq_len}};
   j["parallel"] = {{"ep", parallel.ep}, {"zero", parallel.zero}, {"ranks_per_node", parallel.ranks_per_node},
-                   {"dp_attention_balance", parallel.dp_attention_balance}};
+                   {"dp_attention_balance", parallel.dp_attention_balance}, {"pp", parallel.pp},
+                   {"vpp", parallel.vpp}, {"pp_layers", parallel.pp_layers}, {"mtp_stage", parallel.mtp_stage}};
   return j;
 }
 

@@ -67,6 +67,15 @@ struct ParallelConfig {
   int64_t zero = 0;
   int64_t ranks_per_node = 0;       // 0 = all ranks on one node
   bool dp_attention_balance = false;
+  // pipeline parallelism (docs/pipeline.md): pp stages of consecutive ranks, vpp model chunks per
+  // stage (interleaved 1F1B); pp_layers: main decoder layers per virtual stage (pp*vpp numbers
+  // summing to num_hidden_layers; empty: as even as possible); mtp_stage "last": the tail (final
+  // norm, LM head, MTP) shares the last virtual stage with its layers, "own": the last virtual
+  // stage holds the tail only
+  int64_t pp = 1, vpp = 1;
+  std::vector<int64_t> pp_layers;
+  std::string mtp_stage = "last";
+  int64_t data_ranks(int world) const { return world / pp; }
 };
 
 struct RunConfig {

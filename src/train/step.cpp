@@ -8,6 +8,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/optim.h"
+#include "train/pipeline.h"
 
 namespace um {
 
@@ -113,7 +114,7 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
 
   ps.zero_grad(ctx);
   double ce_main = 0;
-  const bool overlap = opt && !opt->zero && g.world && g.world->size() > 1;
+  const bool overlap = opt && !opt->zero && g.world && g.world->size() > 1 && !g.pipe;
   out.pending.clear();
   out.pending_elements = 0;
   out.reduce_started = overlap;
@@ -124,17 +125,17 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
     Comm* world;
     acc_t<T>* grad;
   } reduce{&out, g.world, ps.g.data()};
-  for (int64_t first = 0; first < n_local; first += m) {
-    if (overlap && first + m >= n_local)  // the last micro-batch: its finished ranges are final
-      sc.on_grads_ready = [r = &reduce](int64_t b, int64_t e) {
-        r->out->pending.push_back(r->world->iall_reduce(r->grad + b, e - b, dtype_of<acc_t<T>>(), ReduceOp::sum));
-        r->out->pending_elements += e - b;
-      };
-    const MicroResult& r = model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx);
-    ce_main += r.ce_main;
-    for (int64_t k = 0; k < depth; ++k) out.mtp_ce[k] += r.ce_mtp[k];
-    for (size_t l = 0; l < n_moe; ++l) {
-      MoeStats& a = out.moe[l];
+  struct Sums {
+    StepOutcome* out;
+    double* ce_main;
+    int64_t depth;
+  } sums{&out, &ce_main, depth};
+  auto add = [&sums](const MicroResult& r) {
+    StepOutcome& o = *sums.out;
+    *sums.ce_main += r.ce_main;
+    for (int64_t k = 0; k < sums.depth; ++k) o.mtp_ce[k] += r.ce_mtp[k];
+    for (size_t l = 0; l < o.moe.size(); ++l) {
+      MoeStats& a = o.moe[l];
       const MoeStats& b = r.moe[l];
       for (size_t e = 0; e < a.load.size(); ++e) a.load[e] += b.load[e];
       a.tokens += b.tokens;
@@ -144,10 +145,23 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
       a.entropy_sum += b.entropy_sum;
       a.margin_min = std::min(a.margin_min, b.margin_min);
     }
+  };
+  if (g.pipe) {  // this rank's chunks, in its schedule's order (DESIGN 4, train/pipeline.h)
+    pipeline_run<T>(model, ps, windows, m, n_local / m, sc, true, *g.pipe, out.scratch.pipe, ctx,
+                    [&add](int64_t, const MicroResult& r) { add(r); });
+  } else {
+    for (int64_t first = 0; first < n_local; first += m) {
+      if (overlap && first + m >= n_local)  // the last micro-batch: its finished ranges are final
+        sc.on_grads_ready = [r = &reduce](int64_t b, int64_t e) {
+          r->out->pending.push_back(r->world->iall_reduce(r->grad + b, e - b, dtype_of<acc_t<T>>(), ReduceOp::sum));
+          r->out->pending_elements += e - b;
+        };
+      add(model.forward_backward(ps, windows + first * (T_ + 1), m, sc, true, ctx));
+    }
   }
-  if (g.world) {
+  if (Comm* all = g.everyone()) {  // every rank: a pipeline's stages each add their own layers and losses
     PhaseTimer timer(ctx.prof, Phase::communication);
-    reduce_stats(out, ce_main, *g.world);
+    reduce_stats(out, ce_main, *all);
   }
 
   // losses (DESIGN 1.8): every term divided by its global count
@@ -190,6 +204,24 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   comm.emplace(ctx.prof, Phase::communication);
   const DType dt = dtype_of<A>();
 
+  // Pipeline parallelism: the first and the last stage each hold the embedding (the tail reads it
+  // for the MTP inputs or a tied head); their gradients are summed first, so both copies take the
+  // same update, and the norm counts the first stage's copy only.
+  const int64_t emb = model.embedding_offset();
+  const int64_t emb_n = emb >= 0 ? c.vocab_size * c.hidden_size : 0;
+  const bool two_copies = g.pipe && g.pp_size() > 1 && tail_reads_embedding(c);
+  if (two_copies && (g.pp_rank() == 0 || g.pp_rank() == g.pp_size() - 1))
+    g.embed->all_reduce(grad + emb, emb_n, dt, ReduceOp::sum);
+  const bool skip_copy = two_copies && g.pp_rank() == g.pp_size() - 1;
+  // sum of squares over [b, e), without this rank's embedding copy when the first stage counts it
+  auto squares = [&](int64_t b, int64_t e) {
+    if (!skip_copy || e <= emb || b >= emb + emb_n) return sum_squares<A>(grad + b, e - b, ctx);
+    double s = 0;
+    if (b < emb) s += sum_squares<A>(grad + b, emb - b, ctx);
+    if (e > emb + emb_n) s += sum_squares<A>(grad + emb + emb_n, e - (emb + emb_n), ctx);
+    return s;
+  };
+
   // gradient reductions (plain sums, DESIGN 1.8) and the squared norm, every element once
   double ss = 0;
   if (!opt.zero) {
@@ -208,7 +240,7 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
     if (g.edp && g.edp->size() > 1)
       g.edp->all_reduce(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, dt, ReduceOp::sum);
     comm.reset();  // the norm is the optimizer's work
-    double parts[2] = {sum_squares<A>(grad, n_dense, ctx),
+    double parts[2] = {squares(0, n_dense),
                        sum_squares<A>(grad + opt.expert_begin, opt.expert_end - opt.expert_begin, ctx)};
     if (g.ep && g.ep->size() > 1) {
       comm.emplace(ctx.prof, Phase::communication);
@@ -229,13 +261,17 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
       ctx.copy(grad + opt.expert_begin, shard, size_t(echunk));
     }
     comm.reset();
-    double part = sum_squares<A>(grad + opt.dense_begin, dchunk, ctx) +
+    double part = squares(opt.dense_begin, opt.dense_end) +
                   sum_squares<A>(grad + opt.expert_begin, echunk, ctx);
     if (g.world && g.world->size() > 1) {
       comm.emplace(ctx.prof, Phase::communication);
       g.world->all_reduce(&part, 1, DType::f64, ReduceOp::sum);
     }
     ss = part;
+  }
+  if (g.pipe && g.pp_size() > 1) {  // each stage's parameters once
+    comm.emplace(ctx.prof, Phase::communication);
+    g.pipe->all_reduce(&ss, 1, DType::f64, ReduceOp::sum);
   }
   comm.reset();
   out.grad_norm = std::sqrt(ss);
@@ -268,7 +304,8 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   if (tc.aux_free || c.aux_free_bias) {  // loads already summed over the world: same on every rank
     const double gamma = tc.aux_free_gamma.at(out.step);
     for (size_t l = 0; l < n_moe; ++l)
-      aux_free_update<A>(ps.buf.data() + model.bias_offset(l), out.moe[l].load, gamma, out.scratch.bias, ctx);
+      if (model.bias_offset(l) >= 0)  // a pipeline rank updates the layers it holds
+        aux_free_update<A>(ps.buf.data() + model.bias_offset(l), out.moe[l].load, gamma, out.scratch.bias, ctx);
   }
 }
 

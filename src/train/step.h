@@ -12,6 +12,7 @@
 #include "model/model.h"
 #include "parallel/groups.h"
 #include "train/optimizer.h"
+#include "train/pipeline.h"
 #include "train/run_config.h"
 
 namespace um {
@@ -44,6 +45,7 @@ struct StepOutcome {
     std::vector<double> stats;
     DeviceBuffer<std::byte> shard;  // ZeRO-1: one shard of gradients or weights, on the device
     std::vector<std::byte> bias;    // aux-free biases of one layer (host copy)
+    PipelineScratch pipe;           // pipeline parallelism: the schedule, activation slots, sends
   } scratch;
 };
 

@@ -72,6 +72,18 @@ std::string format_duration(double s) {
   return buf;
 }
 
+// ", pp 2 x vpp 2 (layers 3/3/3/3 + tail)" or "".
+template <class T>
+std::string pipeline_summary(const RunConfig& rc, const Engine<T>& e) {
+  if (rc.parallel.pp == 1) return "";
+  std::string s = ", pp " + std::to_string(rc.parallel.pp);
+  if (rc.parallel.vpp > 1) s += " x vpp " + std::to_string(rc.parallel.vpp);
+  s += " (layers";
+  const std::vector<int> n = e.pipeline.layers_per_virtual_stage(rc.model);
+  for (size_t v = 0; v < n.size(); ++v) s += (v ? "/" : " ") + std::to_string(n[v]);
+  return s + " + tail, " + std::to_string(e.model->activation_bytes() >> 20) + " MiB activations on this rank)";
+}
+
 }  // namespace
 
 template <class T>
@@ -117,7 +129,9 @@ int train(const TrainOptions& opt, const Placement& placement) {
 
   DataDir data(rc.data.path);
   data.check_model_vocab(rc.model.vocab_size);
-  const int64_t T_ = rc.data.seq_len, B = tc.batch_size, m = tc.micro_batch_size, n_local = B / W;
+  // data-parallel ranks: the ranks of one pipeline stage (all of them without pipeline parallelism)
+  const int Wd = int(rc.parallel.data_ranks(W)), dp = rank % Wd;
+  const int64_t T_ = rc.data.seq_len, B = tc.batch_size, m = tc.micro_batch_size, n_local = B / Wd;
   TrainWindows train_windows(data.train(), T_, tc.seed);
   EvalWindows val_windows(data.val(), T_);
 
@@ -143,7 +157,8 @@ int train(const TrainOptions& opt, const Placement& placement) {
   if (opt.resume) {
     const RunConfig saved = read_checkpoint_config(latest);
     state = read_trainer_state(latest);
-    check_resume_compatible(saved.to_json(), rc.to_json(), int(state.counters.value("world", int64_t{W})), W);
+    check_resume_compatible(saved.to_json(), rc.to_json(),
+                            int(state.counters.value("data_ranks", state.counters.value("world", int64_t{Wd}))), Wd);
     if (host) {
       load_checkpoint(latest, table, *host, &optim);
       upload_state(ps, *host, ctx);
@@ -157,6 +172,8 @@ int train(const TrainOptions& opt, const Placement& placement) {
   } else {
     init_params(ps, table, rc.model, tc.seed, ctx);
     if (rc.model.sandwich_norm && (rc.model.dssn_c_attn_auto || rc.model.dssn_c_ffn_auto)) {
+      UM_CHECK(rc.parallel.pp == 1, "train", "DSSN auto calibration (model.dssn_c_attn/dssn_c_ffn \"auto\") runs "
+               "the whole model on one rank; with parallel.pp > 1 give the constants as numbers");
       // every rank calibrates on the same first micro-batch of step 1, so the gains agree
       train_windows.fill(1, B, 0, m, local_batch.data());
       auto [ca, cf] = calibrate_dssn(model, ps, table, local_batch.data(), m, ctx);
@@ -174,8 +191,9 @@ int train(const TrainOptions& opt, const Placement& placement) {
     std::printf("config:\n%s\n", rc.to_json().dump(2).c_str());
     std::printf("model: %.2fM parameters (%.2fM active per token), %.1f MiB of activations per rank\n",
                 counts.total / 1e6, counts.active / 1e6, model.activation_bytes() / 1048576.0);
-    std::printf("layout: %d rank%s x %d threads, ep %d%s%s, micro-batch %lld x %lld micro-steps\n", W, W > 1 ? "s" : "",
-                ctx.n_threads, ep, zero ? ", ZeRO-1" : "", engine.layout.hierarchical() ? ", hierarchical dispatch" : "",
+    std::printf("layout: %d rank%s x %d threads, ep %d%s%s%s, micro-batch %lld x %lld micro-steps\n", W,
+                W > 1 ? "s" : "", ctx.n_threads, ep, zero ? ", ZeRO-1" : "",
+                engine.layout.hierarchical() ? ", hierarchical dispatch" : "", pipeline_summary(rc, engine).c_str(),
                 (long long)m, (long long)(n_local / m));
     std::printf("data: %s — %lld train tokens (%lld windows of %lld), %lld validation tokens\n",
                 rc.data.path.c_str(), (long long)data.train().size(), (long long)train_windows.n_windows(),
@@ -198,7 +216,7 @@ int train(const TrainOptions& opt, const Placement& placement) {
     state.spikes = spikes.to_json();
     state.data = {{"next_step", step + 1}, {"epoch", train_windows.epoch_of(step + 1, B)}};
     state.counters = {{"skipped_steps", skipped_steps}, {"tokens_seen", tokens_seen},
-                      {"expert_load", last_moe}, {"world", W}};
+                      {"expert_load", last_moe}, {"world", W}, {"data_ranks", Wd}};
     std::string dir;
     if (host) {
       download_state(ps, *host, ctx);
@@ -212,7 +230,8 @@ int train(const TrainOptions& opt, const Placement& placement) {
   };
   auto run_eval = [&](int64_t step) {
     if (val_windows.n_windows() == 0) return;
-    const EvalResult e = evaluate(model, ps, val_windows, tc.eval_batches * m, ctx, world);
+    const EvalResult e = evaluate(model, ps, val_windows, tc.eval_batches * m, ctx, &engine.layout.data(), nullptr,
+                                  groups.pipe);
     if (root) metrics->write({{"kind", "eval"}, {"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_tokens", e.tokens}});
     say("eval step %lld: val_loss %.4f  val_ppl %.2f  (%lld tokens)\n", (long long)step, e.loss, e.ppl, (long long)e.tokens);
   };
@@ -227,17 +246,17 @@ int train(const TrainOptions& opt, const Placement& placement) {
     const auto t0 = clock::now();
     // this rank's sequences: the canonical placement, or the attention-balanced one (DESIGN 3)
     double attn_balanced = 1, attn_canonical = 1;
-    if (W == 1) {
+    if (Wd == 1) {
       train_windows.fill(step, B, 0, B, local_batch.data());
     } else if (!rc.parallel.dp_attention_balance) {
       for (int64_t a = 0; a < n_local / m; ++a)
-        train_windows.fill(step, B, canonical_first_sequence(a, rank, W, m), m, local_batch.data() + a * m * (T_ + 1));
+        train_windows.fill(step, B, canonical_first_sequence(a, dp, Wd, m), m, local_batch.data() + a * m * (T_ + 1));
     } else {
       train_windows.fill(step, B, 0, B, global_batch.data());
-      const SequenceAssignment sa = balance_attention(attention_costs(global_batch.data(), B, T_), W, m, ep,
+      const SequenceAssignment sa = balance_attention(attention_costs(global_batch.data(), B, T_), Wd, m, ep,
                                                       tc.balance_scope, tc.balance_alpha > 0, tc.capacity_factor > 0);
       for (int64_t i = 0; i < n_local; ++i)
-        std::copy_n(global_batch.data() + sa.seqs[rank][i] * (T_ + 1), T_ + 1, local_batch.data() + i * (T_ + 1));
+        std::copy_n(global_batch.data() + sa.seqs[dp][i] * (T_ + 1), T_ + 1, local_batch.data() + i * (T_ + 1));
       attn_balanced = sa.max_over_mean;
       attn_canonical = sa.canonical_max_over_mean;
     }
@@ -253,7 +272,7 @@ int train(const TrainOptions& opt, const Placement& placement) {
     json line = train_metrics_line(o, tok_s, mfu, model.moe_layers(), n_devices);
     line["grad_spike"] = sv.grad_spike;
     line["loss_spike"] = sv.loss_spike;
-    if (rc.parallel.dp_attention_balance && W > 1) {
+    if (rc.parallel.dp_attention_balance && Wd > 1) {
       line["attn_cost_max_mean"] = attn_balanced;
       line["attn_cost_max_mean_unbalanced"] = attn_canonical;
     }
