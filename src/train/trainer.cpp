@@ -142,6 +142,17 @@ int train(const TrainOptions& opt, const Placement& placement) {
 
   if (opt.resume) {
     const RunConfig saved = read_checkpoint_config(latest);
+    // data.path may change on resume, the tokenizer may not: the ids would mean other text
+    // (DESIGN 3, 6: the checkpoint keeps tokenizer.model, shards carry its SHA-256)
+    if (fs::exists(latest + "/tokenizer.model")) {
+      const Tokenizer saved_tok = Tokenizer::load(latest + "/tokenizer.model");
+      UM_CHECK(saved_tok.sha256() == data.tokenizer().sha256(), "resume", "the data in ", data.path(),
+               " was encoded with another tokenizer (SHA-256 ", to_hex(data.tokenizer().sha256()).substr(0, 16),
+               "...) than the checkpoint's ", latest, "/tokenizer.model (", to_hex(saved_tok.sha256()).substr(0, 16),
+               "...)");
+    } else {
+      say("note: %s has no tokenizer.model; the data's tokenizer cannot be checked against it\n", latest.c_str());
+    }
     state = read_trainer_state(latest);
     check_resume_compatible(saved.to_json(), rc.to_json(), int(state.counters.value("world", int64_t{W})), W);
     if (host) {

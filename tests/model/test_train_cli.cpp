@@ -231,6 +231,13 @@ TEST_F(TrainCli, BadInputGivesOneClearError) {
   expect_error(run_cmd(train_cmd(out, " --set train.steps=2 --set train.decay_steps=4"), dir_.path), "already holds checkpoints");
   expect_error(run_cmd(train_cmd(out, " --set train.steps=4 --set train.decay_steps=4 --set train.lr=0.1 --resume"), dir_.path),
                "train.lr is 0.1 but the checkpoint was trained with");
+  // data encoded with another tokenizer: the ids would mean other text (data.path may change)
+  const std::string other = dir_.path + "/other_tok";
+  ASSERT_EQ(run_cmd(bin() + " data prepare --input " + scratch_->path + "/corpus.jsonl --out " + other +
+                        " --vocab-size 380 --val-fraction 0.1", dir_.path).status, 0);
+  expect_error(run_cmd(train_cmd(out, " --set train.steps=4 --set train.decay_steps=4 --resume")
+                           .replace(train_cmd(out).find(data_), data_.size(), other), dir_.path),
+               "was encoded with another tokenizer");
 
   // disk full while writing the next checkpoint (file-size limit, EFBIG): error, old checkpoint kept
   CmdResult full = run_cmd("trap '' XFSZ; ulimit -f 40; " +

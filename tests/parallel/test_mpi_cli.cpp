@@ -62,6 +62,13 @@ TEST_F(MpiCli, LaunchedJobMatchesOneProcessAndResumesOnOtherRankCounts) {
                                            "--set parallel.zero=1"), dir_.path);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("layout: 2 ranks x 1 threads, ep 2, ZeRO-1"), std::string::npos) << r.out;
+  // each EP rank wrote its own shard (its experts, a share of the rest); the index ties them
+  const std::string ck = two + "/checkpoints/step_0000003";
+  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                        "model.safetensors.index.json", "optimizer-00001-of-00002.safetensors",
+                        "optimizer-00002-of-00002.safetensors", "optimizer.safetensors.index.json"})
+    EXPECT_TRUE(fs::exists(ck + "/" + f)) << f;
+  EXPECT_FALSE(fs::exists(ck + "/model.safetensors"));
   // the checkpoint of 2 ranks with ep 2 and ZeRO-1 resumes on 4 ranks with ep 4, then on 1 rank
   r = run_cmd(mpirun(4) + train(two, " --set train.steps=5 --set parallel.ep=4 --resume"), dir_.path);
   ASSERT_EQ(r.status, 0) << r.err;
