@@ -18,7 +18,8 @@ scripts/get-corpus.sh data/austen-text
 if [ ! -f data/kjv4k/train.bin ]; then
   command -v bible >/dev/null || { echo "study.sh: needs bible-kjv (scripts/install-deps.sh --dev)" >&2; exit 1; }
   mkdir -p data/kjv-text
-  # the whole text, verse labels ("Ge1:1 ") removed, one book per document
+  # the whole text, verse labels ("Ge1:1 ") removed; one plain-text file is one document, so the
+  # Bible is a single document (its validation part is its last lines, docs/data.md)
   bible -f "Gen1:1-Rev22:21" | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' > data/kjv-text/kjv.txt
   $BIN data prepare --input data/kjv-text/kjv.txt --out data/kjv4k --tokenizer data/austen4k/tokenizer.model
 fi
@@ -68,4 +69,5 @@ done
 run moge      configs/study/moge.json
 run topk_soft configs/study/moge.json --set model.topk_method=greedy --set model.n_group=1 --set model.topk_group=1
 
-/usr/bin/python3 scripts/study_report.py "$OUT"
+# the tables, and the numbers behind them for docs/study-metrics.json (commit it with the tables)
+/usr/bin/python3 scripts/study_report.py "$OUT" --metrics "$OUT/study-metrics.json"
