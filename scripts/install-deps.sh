@@ -44,7 +44,7 @@ fi
 if [ "$hf" -eq 1 ]; then
   # Debian's python3 makes the environment; the packages come from PyPI, pinned. A stamp holding
   # the requirements' hash makes this a no-op once done (and redoes it when the pins change).
-  venv="${ULTRAMOE_HF_VENV:-$HOME/.cache/ultramoe/hf-venv}"
+  venv="${ULTRAMOE_HF_VENV:-${HOME:-/root}/.cache/ultramoe/hf-venv}"
   req="$(cd "$(dirname "$0")/.." && pwd)/tests/interop/requirements.txt"
   want="$(sha256sum "$req" | cut -d' ' -f1)"
   if [ "$(cat "$venv/.ultramoe-requirements" 2>/dev/null)" != "$want" ]; then
