@@ -56,7 +56,7 @@ LayerParams LayerParams::resolve(const ParamTable& t, const ModelConfig& c, int 
 
 namespace {
 
-// --- one decoder layer (DESIGN 1.2) ------------------------------------------------------------
+// --- one decoder layer (design.md 1.2) ------------------------------------------------------------
 
 
 template <class T>
@@ -546,7 +546,7 @@ const MicroResult& Model<T>::forward_backward(ParamStore<T>& ps, const int32_t* 
                                        W.w + m.head, main_rows.targets, N, D, V, 1.0 / sc.n_main, ctx);
   sink.close(ctx);
 
-  // ---- forward: MTP modules (DESIGN 1.7) ----
+  // ---- forward: MTP modules (design.md 1.7) ----
   phase.reset();
   phase.emplace(ctx.prof, Phase::mtp);
   for (int64_t k = 1; k <= (sc.with_mtp || backward ? depth : 0); ++k) {

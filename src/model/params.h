@@ -1,5 +1,5 @@
 // The parameter table: every tensor of the model declared once — HF name, shape, init rule,
-// whether weight decay applies, and where it lives in the flat buffer (DESIGN 1.3, 1.10, 6).
+// whether weight decay applies, and where it lives in the flat buffer (design.md 1.3, 1.10, 6).
 // Adding a tensor is one line in params.cpp.
 //
 // Flat layout: all replicated (non-expert) parameters first, in model order, then the routed
@@ -37,7 +37,7 @@ struct ParamInfo {
   Shape shape;
   InitRule init = InitRule::zeros;
   double value = 0;       // the constant for InitRule::constant
-  bool decay = false;     // weight decay: 2-D weights only (DESIGN 2)
+  bool decay = false;     // weight decay: 2-D weights only (design.md 2)
   Component component = Component::attention;
   int layer = -1;         // decoder layer (MTP layer k is L+k-1); -1 outside layers
   int expert = -1;        // global routed-expert index, -1 otherwise
@@ -77,10 +77,10 @@ struct ParamTable {
 // elements (zeros that belong to no tensor), so they split into equal shards (ZeRO-1).
 ParamTable build_param_table(const ModelConfig& c, int ep_rank = 0, int ep_size = 1, int64_t pad = 1);
 
-// The standard deviation of a weight matrix under the config's init method (DESIGN 1.3).
+// The standard deviation of a weight matrix under the config's init method (design.md 1.3).
 double matrix_init_std(const ModelConfig& c);
 
-// Initial post-norm gains (DESIGN 1.2): c/sqrt(L) for DSSN, 1 for plain sandwich.
+// Initial post-norm gains (design.md 1.2): c/sqrt(L) for DSSN, 1 for plain sandwich.
 double post_norm_gain(const ModelConfig& c, double constant);
 
 struct ParamCounts {

@@ -1,4 +1,4 @@
-// The process groups of a distributed step (DESIGN 4): W data-parallel ranks; EP groups of
+// The process groups of a distributed step (design.md 4): W data-parallel ranks; EP groups of
 // parallel.ep consecutive ranks, each rank holding E/ep experts; and the "expert data parallel"
 // groups of ranks that hold the same experts. All null: one process.
 #pragma once

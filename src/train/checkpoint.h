@@ -1,4 +1,4 @@
-// Checkpoints (DESIGN 6): a directory checkpoints/step_NNNNNNN/ with
+// Checkpoints (design.md 6): a directory checkpoints/step_NNNNNNN/ with
 //   model.safetensors      fp32 weights by HF name, (out, in) layout, plus the aux-free biases;
 //                          or, written by an expert-parallel run, one shard per EP rank
 //                          (model-0000q-of-0000N.safetensors) tied by model.safetensors.index.json
@@ -72,7 +72,7 @@ template <class T>
 void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore<T>& ps,
                      const Optimizer* opt);
 
-// The flat HF-style config.json of a model (DESIGN 1.10).
+// The flat HF-style config.json of a model (design.md 1.10).
 json hf_config_json(const ModelConfig& c);
 
 }  // namespace um

@@ -1,4 +1,4 @@
-// Validation loss (DESIGN 3, 8): every validation token scored exactly once (stride-T windows,
+// Validation loss (design.md 3, 8): every validation token scored exactly once (stride-T windows,
 // the last one padded and masked), main CE only, dropless routing, no MTP.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Hugging Face interop (DESIGN 6): `ultramoe export` writes a checkpoint as a DeepSeek-V3 folder
+// Hugging Face interop (design.md 6): `ultramoe export` writes a checkpoint as a DeepSeek-V3 folder
 // that transformers loads (config.json, sharded safetensors tied by model.safetensors.index.json,
 // the MTP modules with their embedding and head copies, and a tokenizer folder); `ultramoe
 // import` reads such a folder — DeepSeek-V3 or DeepSeek-V2 style configs, BF16 or F32, one file

@@ -1,4 +1,4 @@
-// The tokenizer (DESIGN 3): a SentencePiece BPE model, used and trained through the SentencePiece
+// The tokenizer (design.md 3): a SentencePiece BPE model, used and trained through the SentencePiece
 // C++ library. Training settings make decode(encode(x)) == x for any valid UTF-8 text: byte
 // fallback, full character coverage, identity normalisation, no dummy prefix, whitespace kept.
 // Fixed ids: unk 0, bos 1, eos 2, pad 3, then the chat-role symbols <|system|> 4, <|user|> 5,

@@ -98,7 +98,7 @@ TEST_F(TrainCli, LossFallsAndEvalSampleInspectWork) {
   EXPECT_EQ(ij["checkpoint"]["expert_load"].size(), 2u);  // one MoE main layer + the MTP layer
 }
 
-// The steady-state training step does not allocate (DESIGN 7; counted by the binary's operator
+// The steady-state training step does not allocate (design.md 7; counted by the binary's operator
 // new), dropless or in capacity mode, and bench reports what it measured.
 TEST_F(TrainCli, SteadyStateStepDoesNotAllocate) {
   for (const std::string extra : {"", " --set train.capacity_factor=1.25 --set train.z_loss_coef=0.01"}) {
@@ -182,7 +182,7 @@ TEST_F(TrainCli, SigtermFinishesTheStepAndCheckpoints) {
   EXPECT_TRUE(fs::exists(out + name + "/model.safetensors")) << name;
 }
 
-// MoGE guarantees equal device loads only when the device count divides n_group (DESIGN 1.5):
+// MoGE guarantees equal device loads only when the device count divides n_group (design.md 1.5):
 // the run says so once on stderr and goes on; a dividing count says nothing.
 TEST_F(TrainCli, MogeWarnsWhenDevicesDoNotDivideGroups) {
   const std::string moge = " --set model.topk_method=moge --set model.n_group=2 --set model.scoring_func=softmax"

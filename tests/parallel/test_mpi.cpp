@@ -1,6 +1,6 @@
-// Distributed training equals one process (DESIGN 4): W ranks with any ep, ZeRO-1 on or off,
+// Distributed training equals one process (design.md 4): W ranks with any ep, ZeRO-1 on or off,
 // every balance scope, give the per-step losses, gradient norms and final parameters of one
-// process on the same global batch with the pool-matched micro-batch (DESIGN 1.6), in f64 to
+// process on the same global batch with the pool-matched micro-batch (design.md 1.6), in f64 to
 // round-off. Run under MPI: `mpirun -np 2|4 test_mpi` (ctest label mpi). Every rank computes
 // the one-process reference itself and compares its own tensors by name, so nothing is gathered.
 #include <gtest/gtest.h>
@@ -77,7 +77,7 @@ void run_case(const Case& k) {
   Workspace ws;
   Ctx ctx = Ctx::cpu(&ws);
 
-  // the one-process reference, pool-matched micro-batch (DESIGN 1.6)
+  // the one-process reference, pool-matched micro-batch (design.md 1.6)
   TrainConfig ref_tc = tc;
   if (k.scope == BalanceScope::ep_group) ref_tc.micro_batch_size = k.m * k.ep;
   if (k.scope == BalanceScope::global) ref_tc.micro_batch_size = k.m * W;
