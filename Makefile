@@ -1,5 +1,6 @@
 # The two commands of README.md: `make demo` (the main job on the built-in data) and `make test`.
-# Both install missing Debian packages (scripts/install-deps.sh) and build first.
+# Both install missing Debian packages (scripts/install-deps.sh) and build first; `make test` also
+# makes the Python environment of the Hugging Face interop test (install-deps.sh --hf).
 PRESET ?= release
 JOBS ?= $(shell nproc)
 WERROR ?= 0
@@ -19,7 +20,9 @@ build: deps
 	@cmake --preset $(PRESET) $(CMAKE_ARGS) > build-configure.log || (cat build-configure.log; exit 1)
 	@cmake --build --preset $(PRESET) -j $(JOBS)
 
+# the interop test needs the pinned torch/transformers environment (scripts/install-deps.sh --hf)
 test: build
+	@scripts/install-deps.sh --hf
 	ctest --preset $(PRESET) -j $(JOBS) --timeout 900
 
 test-unit: build

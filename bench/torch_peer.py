@@ -2,7 +2,7 @@
 """The PyTorch peer of `ultramoe bench`: the same model, config, batch and windows, trained in
 PyTorch eager on the CPU.
 
-The model is tests/reference/model.py (written independently from DESIGN.md for the golden
+The model is tests/reference/model.py (written independently from the design, docs/design.md, for the golden
 files) run in float32: MLA, DSSN, MoE with sort-based dropless dispatch and a loop over
 experts, MTP, the same loss J, torch.optim.AdamW. It materialises the (T, V) logits like any
 eager PyTorch model. Prints one JSON line: tokens_per_s (median step), step times, torch version.

@@ -2,11 +2,11 @@
 """The GPU PyTorch peer of `ultramoe bench --device cuda`: the same model, config, batch and
 windows, trained the way a strong engineer would write it in recent PyTorch.
 
-Model math (DESIGN section 1): embedding; decoder layers with DSSN (sandwich norm, depth-scaled
+Model math (design.md section 1): embedding; decoder layers with DSSN (sandwich norm, depth-scaled
 post gains, TinyInit); MLA (q_lora, kv_lora, decoupled rotate-half RoPE with positions restarting
 at each document start, one shared k_pe); dense SwiGLU layers below first_k_dense_replace; MoE with
 sigmoid/softmax scores, greedy top-k, norm_topk_prob, routed_scaling_factor, shared experts; the
-balance loss (DESIGN 1.6) and optional router z-loss; MTP modules (1.7); main CE over valid
+balance loss (design.md 1.6) and optional router z-loss; MTP modules (1.7); main CE over valid
 targets with document masking (1.8); the loss J; AdamW with decay on weight matrices only; clipping
 at train.grad_clip; gradient accumulation over micro-batches of train.micro_batch_size.
 
@@ -58,7 +58,7 @@ from model import window_layout, matrix_std  # noqa: E402
 from train import lr_at  # noqa: E402
 
 IGNORE = -100
-H100_BF16_PEAK = 989.4e12     # DESIGN 7: H100/H200 dense bf16
+H100_BF16_PEAK = 989.4e12     # design.md 7: H100/H200 dense bf16
 
 
 def log(msg):
@@ -96,7 +96,7 @@ except Exception:  # noqa: BLE001 - any import problem means no flex
 # Layers
 # ---------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
-    """y = g * x / sqrt(mean(x^2) + eps), in at least fp32 (DESIGN 1.2)."""
+    """y = g * x / sqrt(mean(x^2) + eps), in at least fp32 (design.md 1.2)."""
 
     def __init__(self, dim, eps, dtype):
         super().__init__()
@@ -363,7 +363,7 @@ class MoE(nn.Module):
             if self.norm_topk:
                 g = g / (g.sum(-1, keepdim=True) + 1e-20)
             g = g * self.scale
-            # balance statistics (DESIGN 1.6) over the pools of this forward
+            # balance statistics (design.md 1.6) over the pools of this forward
             sel = torch.zeros_like(s).scatter_(1, idx, 1.0) * valid[:, None]
             s_norm = s / s.sum(-1, keepdim=True) if self.sigmoid else s
             n_pools = B // self.pool_size
@@ -490,7 +490,7 @@ class PeerModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# HF names (DESIGN 1.4/1.5/1.7/6): every checkpoint tensor as a view into our parameters
+# HF names (design.md 1.4/1.5/1.7/6): every checkpoint tensor as a view into our parameters
 # ---------------------------------------------------------------------------------------------
 def hf_views(model):
     """[(hf_name, tensor view)] covering every parameter and the aux-free biases once."""
@@ -551,7 +551,7 @@ def hf_views(model):
 
 @torch.no_grad()
 def init_random(model, seed):
-    """DESIGN 1.3 by name (same distributions as ultramoe, not the same draws)."""
+    """design.md 1.3 by name (same distributions as ultramoe, not the same draws)."""
     cfg = model.cfg
     L = cfg.num_hidden_layers
     depth = math.sqrt(L) if cfg.dssn_depth_scaled else None
@@ -679,7 +679,7 @@ def configure(model, mode, cdt, gmm, compile_mode=None):
 
 
 def make_mask(doc, impl, compiled=False):
-    """doc (b, T): query i attends key j iff j <= i and doc(j) = doc(i) (DESIGN 1.4). For flex a
+    """doc (b, T): query i attends key j iff j <= i and doc(j) = doc(i) (design.md 1.4). For flex a
     BlockMask (built by a compiled kernel when `compiled`), else a dense (b, 1, T, T) bool mask."""
     b, T = doc.shape
     if impl.startswith("flex"):
@@ -699,7 +699,7 @@ def rope_tables(pos, dim, theta, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# One training step (DESIGN 1.8 accumulation, 2 clipping + AdamW)
+# One training step (design.md 1.8 accumulation, 2 clipping + AdamW)
 # ---------------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, model, opt, tc, T, precision, device):
@@ -947,7 +947,7 @@ def synthetic_windows(n, T, V, seed):
 
 
 def flops_per_token(cfg, T):
-    """DESIGN 7 (the formula of src/model/flops.cpp)."""
+    """design.md 7 (the formula of src/model/flops.cpp)."""
     D, V, H = cfg.hidden_size, cfg.vocab_size, cfg.num_attention_heads
     L, Dm = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
     dqk, dv = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Extracts the default offline corpus (DESIGN 3): Jane Austen's six novels from Debian's
+# Extracts the default offline corpus (design.md 3): Jane Austen's six novels from Debian's
 # r-cran-janeaustenr (public domain), one plain-text file per novel, so `ultramoe data prepare`
 # treats each novel as one document.
 #   scripts/get-corpus.sh OUTDIR

@@ -2,6 +2,7 @@
 # The routing and stability study of docs/experiments.md: every run, then the report.
 #   scripts/study.sh [RUNS_DIR]      (default runs/study; finished runs are skipped)
 #   STUDY_EXTRA="--set train.steps=5" scripts/study.sh /tmp/s    a quick check of the pipeline
+#   STUDY_PARTS="balance moge" scripts/study.sh                   some parts only (stability balance moge)
 # Data: the Austen corpus (scripts/get-corpus.sh) with a 4096-piece tokenizer, and the King James
 # Bible from Debian's bible-kjv (a second kind of English text, encoded with the same tokenizer)
 # for the expert-specialisation measurement. Seeds are in the configs (train.seed = 1).
@@ -18,7 +19,8 @@ scripts/get-corpus.sh data/austen-text
 if [ ! -f data/kjv4k/train.bin ]; then
   command -v bible >/dev/null || { echo "study.sh: needs bible-kjv (scripts/install-deps.sh --dev)" >&2; exit 1; }
   mkdir -p data/kjv-text
-  # the whole text, verse labels ("Ge1:1 ") removed, one book per document
+  # the whole text, verse labels ("Ge1:1 ") removed; one plain-text file is one document, so the
+  # Bible is a single document (its validation part is its last lines, docs/data.md)
   bible -f "Gen1:1-Rev22:21" | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' > data/kjv-text/kjv.txt
   $BIN data prepare --input data/kjv-text/kjv.txt --out data/kjv4k --tokenizer data/austen4k/tokenizer.model
 fi
@@ -42,7 +44,11 @@ run_mpi() {  # name np config [flags...]
   touch "$OUT/$name/done"
 }
 
+PARTS=${STUDY_PARTS:-stability balance moge}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
 # --- 1. stability: Pre-LN vs DSSN, small init vs TinyInit, aggressive learning rate ------------
+if part stability; then
 run dssn_tiny   configs/study/deep.json
 run dssn_small  configs/study/deep.json --set model.init=small
 run preln_tiny  configs/study/deep.json --set model.sandwich_norm=false
@@ -52,8 +58,10 @@ run dssn_tiny_s2   configs/study/deep.json --set train.seed=2
 run dssn_small_s2  configs/study/deep.json --set train.seed=2 --set model.init=small
 run preln_tiny_s2  configs/study/deep.json --set train.seed=2 --set model.sandwich_norm=false
 run preln_small_s2 configs/study/deep.json --set train.seed=2 --set model.sandwich_norm=false --set model.init=small
+fi
 
 # --- 2. balancing: none, micro-batch, EP-group (2 ranks, ep 2), aux-loss-free -----------------
+if part balance; then
 run     bal_none        configs/study/balance.json --set train.balance_alpha=0
 run     bal_micro_batch configs/study/balance.json
 run_mpi bal_ep_group 2  configs/study/balance.json --set train.balance_scope=ep_group --set parallel.ep=2
@@ -63,9 +71,13 @@ for r in bal_none bal_micro_batch bal_ep_group bal_aux_free; do
   $BIN eval --ckpt "$ck" --data data/austen4k --expert-stats "$OUT/$r/experts_austen.json" > /dev/null
   $BIN eval --ckpt "$ck" --data data/kjv4k --batches 50 --expert-stats "$OUT/$r/experts_kjv.json" > /dev/null
 done
+fi
 
 # --- 3. MoGE vs plain top-k: device imbalance over 4 (and 8) simulated devices ---------------
+if part moge; then
 run moge      configs/study/moge.json
 run topk_soft configs/study/moge.json --set model.topk_method=greedy --set model.n_group=1 --set model.topk_group=1
+fi
 
-/usr/bin/python3 scripts/study_report.py "$OUT"
+# the tables, and the numbers behind them for docs/study-metrics.json (commit it with the tables)
+/usr/bin/python3 scripts/study_report.py "$OUT" --metrics "$OUT/study-metrics.json"

@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """Tables of the routing and stability study (docs/experiments.md) from the runs of
-scripts/study.sh:  /usr/bin/python3 scripts/study_report.py runs/study"""
+scripts/study.sh:  /usr/bin/python3 scripts/study_report.py runs/study [--metrics FILE]
+--metrics FILE also writes the per-step numbers behind the tables (losses, gradient norms, spikes,
+per-layer expert loads and router entropy, evaluations, the expert-stats files) as one small JSON
+file, to be committed beside docs/experiments.md so that every table entry can be recomputed."""
 import json
 import os
 import statistics
@@ -91,8 +94,48 @@ def moge(root):
         print(f"| {r} | {val:.3f} | {cols[0]:.3f} | {cols[1]:.3f} | {cols[2]:.3f} | {mm:.2f} |")
 
 
+RUNS = ["dssn_tiny", "dssn_small", "preln_tiny", "preln_small", "dssn_tiny_s2", "dssn_small_s2", "preln_tiny_s2",
+        "preln_small_s2", "bal_none", "bal_micro_batch", "bal_ep_group", "bal_aux_free", "moge", "topk_soft"]
+
+
+def write_metrics(root, path):
+    """The numbers the tables are computed from, per run, rounded to what the tables can show."""
+    r6 = lambda x: None if x is None else round(x, 6)  # noqa: E731
+    out = {"source": "scripts/study.sh", "runs": {}}
+    for r in RUNS:
+        d = os.path.join(root, r)
+        if not os.path.exists(os.path.join(d, "metrics.jsonl")):
+            continue
+        train, evals = metrics(d)
+        detail_from = train[-100]["step"] if len(train) > 100 else 0  # the tables use the last 100 steps
+        run = {
+            "train": [{"step": t["step"], "loss": r6(t["loss"]), "grad_norm": r6(t["grad_norm"]),
+                       "skipped": bool(t.get("skipped")), "grad_spike": bool(t.get("grad_spike")),
+                       "loss_spike": bool(t.get("loss_spike")), "load_max_mean": r6(t.get("load_max_mean")),
+                       "is": r6(t.get("is")),
+                       "moe": [{"load": m["load"], "entropy": r6(m["entropy"])} for m in t.get("moe", [])]
+                       if t["step"] >= detail_from else []}
+                      for t in train],
+            "eval": [{"step": e["step"], "val_loss": r6(e["val_loss"])} for e in evals],
+        }
+        for name in ("experts_austen", "experts_kjv"):
+            f = os.path.join(d, name + ".json")
+            if os.path.exists(f):
+                run[name] = [{"layer": x["layer"], "tokens": x["tokens"], "load": x["load"]}
+                             for x in json.load(open(f))["layers"]]
+        out["runs"][r] = run
+    with open(path, "w") as f:
+        json.dump(out, f, separators=(",", ":"))
+        f.write("\n")
+
+
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else "runs/study"
+    args = [a for a in sys.argv[1:] if not a.startswith("--metrics")]
+    root = args[0] if args else "runs/study"
+    if "--metrics" in sys.argv:
+        write_metrics(root, sys.argv[sys.argv.index("--metrics") + 1])
+        args = [a for a in args if a != sys.argv[sys.argv.index("--metrics") + 1]]
+        root = args[0] if args else "runs/study"
     print("### 1. Stability\n")
     stability(root)
     print("\n### 2. Balancing\n")

@@ -81,7 +81,7 @@ inline double to_double(bf16 x) { return x.to_float(); }
 
 // The accumulation type of a compute type: what parameter gradients, norm statistics, router
 // scores and optimizer state are kept in when activations are T. bf16 compute accumulates in
-// f32 (DESIGN 2: bf16 compute, fp32 master weights and gradients); f32 and f64 accumulate in
+// f32 (design.md 2: bf16 compute, fp32 master weights and gradients); f32 and f64 accumulate in
 // themselves, so on the CPU acc_t<T> is T and nothing changes.
 template <class T> struct Accumulate { using type = T; };
 template <> struct Accumulate<bf16> { using type = float; };

@@ -1,5 +1,5 @@
 // Strict reading of one JSON object section: every key is read through typed getters, and
-// finish() rejects whatever was not read (unknown keys are errors, DESIGN 1.1). Errors name the
+// finish() rejects whatever was not read (unknown keys are errors, design.md 1.1). Errors name the
 // full key path and the offending value:
 //   [config] model.hidden_size: expected an integer, got "big"
 #pragma once

@@ -1,9 +1,13 @@
 #include "core/safetensors.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -13,21 +17,72 @@ namespace um {
 using json = nlohmann::json;
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  UM_CHECK(f.good(), "safetensors", "cannot open ", path);
-  const auto size = static_cast<uint64_t>(f.tellg());
-  f.seekg(0);
-  UM_CHECK(size >= 8, "safetensors", path, ": truncated (", size, " bytes, no header)");
-  bytes_.resize(size);
-  f.read(bytes_.data(), static_cast<std::streamsize>(size));
-  UM_CHECK(f.good(), "safetensors", path, ": read error");
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  UM_CHECK(fd >= 0, "safetensors", "cannot open ", path, ": ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail("safetensors", "cannot stat ", path, ": ", std::strerror(err));
+  }
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    fail("safetensors", path, ": truncated (", size, " bytes, no header)");
+  }
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  const int err = errno;
+  ::close(fd);  // the mapping keeps the file
+  UM_CHECK(map != MAP_FAILED, "safetensors", path, ": cannot mmap: ", std::strerror(err));
+  map_ = static_cast<const char*>(map);
+  map_bytes_ = size;
+  try {
+    parse_header();
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+SafetensorsFile::~SafetensorsFile() { release(); }
+
+SafetensorsFile::SafetensorsFile(SafetensorsFile&& o) noexcept
+    : path_(std::move(o.path_)), entries_(std::move(o.entries_)), metadata_(std::move(o.metadata_)),
+      map_(o.map_), map_bytes_(o.map_bytes_), data_start_(o.data_start_) {
+  o.map_ = nullptr;
+  o.map_bytes_ = 0;
+}
+
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& o) noexcept {
+  if (this != &o) {
+    release();
+    path_ = std::move(o.path_);
+    entries_ = std::move(o.entries_);
+    metadata_ = std::move(o.metadata_);
+    map_ = o.map_;
+    map_bytes_ = o.map_bytes_;
+    data_start_ = o.data_start_;
+    o.map_ = nullptr;
+    o.map_bytes_ = 0;
+  }
+  return *this;
+}
+
+void SafetensorsFile::release() {
+  if (map_) ::munmap(const_cast<char*>(map_), map_bytes_);
+  map_ = nullptr;
+  map_bytes_ = 0;
+}
+
+void SafetensorsFile::parse_header() {
+  const std::string& path = path_;
+  const uint64_t size = map_bytes_;
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes_[i]);
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(map_[i]);
   UM_CHECK(n <= size - 8, "safetensors", path, ": header length ", n, " exceeds the file (",
            size, " bytes); truncated or not a safetensors file");
   data_start_ = 8 + n;
-  json h = json::parse(bytes_.begin() + 8, bytes_.begin() + 8 + static_cast<std::ptrdiff_t>(n),
-                       nullptr, false);
+  json h = json::parse(map_ + 8, map_ + 8 + n, nullptr, false);
   UM_CHECK(!h.is_discarded() && h.is_object(), "safetensors", path, ": header is not a JSON object");
   const uint64_t data_size = size - data_start_;
   for (auto it = h.begin(); it != h.end(); ++it) {
@@ -40,7 +95,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     UM_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
              "safetensors", path, ": malformed entry for ", it.key());
     Entry en;
-    en.dtype = dtype_from_name(e["dtype"].get<std::string>());
+    const std::string dt = e["dtype"].is_string() ? e["dtype"].get<std::string>() : e["dtype"].dump();
+    bool known = false;
+    for (DType t : {DType::f32, DType::f64, DType::bf16, DType::i32, DType::i64, DType::u8})
+      if (dtype_name(t) == dt) en.dtype = t, known = true;
+    UM_CHECK(known, "safetensors", path, ": tensor ", it.key(), " has dtype ", dt,
+             ", which is not supported (F32, F64, BF16, I32, I64, U8)");
     for (const auto& d : e["shape"]) en.shape.push_back(d.get<int64_t>());
     en.begin = e["data_offsets"][0].get<uint64_t>();
     en.end = e["data_offsets"][1].get<uint64_t>();
@@ -61,7 +121,7 @@ const SafetensorsFile::Entry& SafetensorsFile::entry(const std::string& name) co
 }
 
 const void* SafetensorsFile::data(const std::string& name) const {
-  return bytes_.data() + data_start_ + entry(name).begin;
+  return map_ + data_start_ + entry(name).begin;
 }
 
 template <class T>
@@ -139,6 +199,84 @@ void SafetensorsWriter::write(const std::string& path, bool sync) const {
   put(header.data(), header.size());
   for (const Item& it : items_)
     put(it.data, static_cast<size_t>(numel_of(it.shape)) * dtype_size(it.dtype));
+  if (sync && ::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail("safetensors", "fsync of ", path, " failed: ", std::strerror(err));
+  }
+  UM_CHECK(::close(fd) == 0, "safetensors", "closing ", path, " failed: ", std::strerror(errno));
+}
+
+bool SafetensorsSet::exists(const std::string& dir, const std::string& name) {
+  namespace fs = std::filesystem;
+  return fs::exists(dir + "/" + name + ".safetensors") || fs::exists(dir + "/" + name + ".safetensors.index.json");
+}
+
+SafetensorsSet::SafetensorsSet(const std::string& dir, const std::string& name) {
+  namespace fs = std::filesystem;
+  const std::string single = dir + "/" + name + ".safetensors", index = single + ".index.json";
+  if (!fs::exists(index)) {
+    describe_ = single;
+    files_.emplace_back(single);
+    for (const auto& [t, e] : files_[0].entries()) where_[t] = 0;
+    return;
+  }
+  UM_CHECK(!fs::exists(single), "safetensors", dir, " holds both ", name, ".safetensors and ", name,
+           ".safetensors.index.json; keep one");
+  sharded_ = true;
+  describe_ = index;
+  std::ifstream f(index);
+  UM_CHECK(f.good(), "safetensors", "cannot open ", index);
+  const json j = json::parse(f, nullptr, false);
+  UM_CHECK(!j.is_discarded() && j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
+           "safetensors", index, ": not an index (a JSON object with a weight_map object)");
+  std::map<std::string, size_t> file_index;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    UM_CHECK(it->is_string(), "safetensors", index, ": weight_map[", it.key(), "] is not a file name");
+    const std::string file = it->get<std::string>();
+    UM_CHECK(!file.empty() && file.find('/') == std::string::npos && file != "." && file != "..",
+             "safetensors", index, ": weight_map[", it.key(), "] = \"", file, "\" is not a file name in ", dir);
+    auto [at, added] = file_index.emplace(file, files_.size());
+    if (added) {
+      UM_CHECK(fs::exists(dir + "/" + file), "safetensors", index, " lists ", file, ", which is missing");
+      files_.emplace_back(dir + "/" + file);
+    }
+    UM_CHECK(files_[at->second].has(it.key()), "safetensors", index, ": tensor ", it.key(), " is not in ", file);
+    where_[it.key()] = at->second;
+  }
+}
+
+const SafetensorsFile& SafetensorsSet::file_of(const std::string& tensor) const {
+  auto it = where_.find(tensor);
+  UM_CHECK(it != where_.end(), "safetensors", describe_, ": no tensor named ", tensor);
+  return files_[it->second];
+}
+
+std::string shard_file_name(const std::string& name, int index, int count) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "-%05d-of-%05d.safetensors", index, count);
+  return name + buf;
+}
+
+void write_safetensors_index(const std::string& path, const std::map<std::string, std::string>& weight_map,
+                             uint64_t total_size, bool sync) {
+  json j = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
+  const std::string text = j.dump(2) + "\n";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  UM_CHECK(fd >= 0, "safetensors", "cannot create ", path, ": ", std::strerror(errno));
+  const char* c = text.data();
+  size_t n = text.size();
+  while (n > 0) {
+    const ssize_t k = ::write(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      const int err = errno;
+      ::close(fd);
+      fail("safetensors", "writing ", path, " failed: ", std::strerror(err));
+    }
+    c += k;
+    n -= static_cast<size_t>(k);
+  }
   if (sync && ::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);

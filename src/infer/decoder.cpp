@@ -321,7 +321,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
   for (int l = layer_begin; l < layer_end; ++l) {
     const LayerParams& p = m.layers[l];
     const MlaParams& a = p.attn;
-    // --- attention (DESIGN 1.4) ---
+    // --- attention (design.md 1.4) ---
     rmsnorm_forward<T>(m.a_n, D, m.rstd, m.x, D, w + p.in_norm, N, D, eps, ctx);
     if (qr > 0) {
       dec_linear<T>(m.cq_raw, qr, m.a_n, D, w + a.q_a, N, D, qr, sk, ctx);
@@ -357,7 +357,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
       attn_capture_->resize(cache_.n_layers());
       (*attn_capture_)[l].assign(m.att, m.att + N * D);
     }
-    // --- residual, FFN, residual (DESIGN 1.2) ---
+    // --- residual, FFN, residual (design.md 1.2) ---
     // out = h + post_norm(sub) with sandwich norm (the post norm at offset `norm`), h + sub without
     auto residual = [&](T* out, const T* h, const T* sub, int64_t norm) {
       if (c.sandwich_norm) {
@@ -377,7 +377,7 @@ void Decoder<T>::run_chunk(int layer_begin, int layer_end, const Ctx& ctx) {
       MoeOptions mo;
       mo.spec = {c.topk_method, int(c.num_experts_per_tok), int(c.n_group), int(c.topk_group)};
       mo.use_bias = use_bias;
-      mo.capacity_factor = 0;  // inference is always dropless (DESIGN 1.5)
+      mo.capacity_factor = 0;  // inference is always dropless (design.md 1.5)
       mo.pool_rows = N;        // statistics only; no loss here
       mo.layer = l;
       moe_forward<T>(m.ffn, m.moe, m.moe_stats, m.f_n, weights, p.moe_p, c, mo, N, m.moe_scratch, ctx);
@@ -505,7 +505,7 @@ void Decoder<T>::mtp_forward(int k, const std::vector<MtpFeed>& feeds, LogitRows
         m.row_pos[s.row0 + r] = cache_.rope_pos(s.slot, s.i0 + r);
         std::memcpy(m.hprev + (s.row0 + r) * D, m.hist_row(k - 1, s.slot, s.i0 + r), sizeof(T) * D);
       }
-    // h' = eh_proj [enorm(Emb(x_{j+k})) ; hnorm(h^{k-1}_j)]  (embedding half first, DESIGN 1.7)
+    // h' = eh_proj [enorm(Emb(x_{j+k})) ; hnorm(h^{k-1}_j)]  (embedding half first, design.md 1.7)
     embedding_forward<T>(m.emb, m.row_tok.data(), w + m.embed, N, D, ctx);
     rmsnorm_forward<T>(m.cat, 2 * D, m.rstd, m.emb, D, w + mp.enorm, N, D, c.rms_norm_eps, ctx);
     rmsnorm_forward<T>(m.cat + D, 2 * D, m.rstd, m.hprev, D, w + mp.hnorm, N, D, c.rms_norm_eps, ctx);

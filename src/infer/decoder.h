@@ -1,4 +1,4 @@
-// The KV-cached decoder (DESIGN 1.4, 1.9): the training model's math over the training weights
+// The KV-cached decoder (design.md 1.4, 1.9): the training model's math over the training weights
 // (a ParamStore + ParamTable + ModelConfig, read-only), run incrementally on a batch of sequences
 // with a latent cache (infer/kv_cache.h).
 //
@@ -23,7 +23,7 @@
 // absorbed path is tested against.
 //
 // MoE layers route exactly as in training (ffn.h moe_forward, the same code): dropless, with the
-// aux-free bias when the config or the options ask for it. MTP modules (DESIGN 1.7) keep their
+// aux-free bias when the config or the options ask for it. MTP modules (design.md 1.7) keep their
 // own cache layers and, for chaining, the history of their input hidden states (h^{k-1} per
 // position: the main final-norm output for k = 1, module k-1's head-norm output after); see
 // mtp_forward. Not here: sampling and the generation loops (infer/generate.h).
@@ -62,7 +62,7 @@ struct Feed {
 };
 
 // Rows of MTP module k for positions first..first+n-1 of a slot: row j reads h^{k-1}_j from the
-// history and the embedding of tokens[j - first] = x_{j+k} (DESIGN 1.7).
+// history and the embedding of tokens[j - first] = x_{j+k} (design.md 1.7).
 struct MtpFeed {
   int64_t slot = 0;
   int64_t first = 0;

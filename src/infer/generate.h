@@ -1,4 +1,4 @@
-// Text generation loops (DESIGN 1.9). Prompts get BOS prepended by the caller (the ids passed
+// Text generation loops (design.md 1.9). Prompts get BOS prepended by the caller (the ids passed
 // here start with it); generation stops at EOS (which is kept in the output), at max_new_tokens,
 // or when the context is full (the next token would need a position past it).
 //
@@ -10,7 +10,7 @@
 // keys every draw by (seed, sequence id, position), so a prompt gets the same tokens alone or in
 // any batch.
 //
-// Speculative mode (MTP self-speculative decoding, DeepSeek-V3 sec. 5.4.3 / DESIGN 1.9): each round
+// Speculative mode (MTP self-speculative decoding, DeepSeek-V3 sec. 5.4.3 / design.md 1.9): each round
 // the MTP modules draft up to G tokens after the pending one (module k, fed the module k-1 state
 // and token x_{P+k}, proposes x_{P+k+1}), one main pass verifies the pending token and the drafts
 // together, and the longest prefix of drafts that the main model itself would have produced is

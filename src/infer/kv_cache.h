@@ -1,4 +1,4 @@
-// The latent KV cache of MLA decoding (DESIGN 1.4, 1.9) and the per-sequence state beside it.
+// The latent KV cache of MLA decoding (design.md 1.4, 1.9) and the per-sequence state beside it.
 // For every decoder layer — the L main layers, then one per MTP module kept for speculative
 // decoding — and every sequence slot, each cached token holds ONE row of kv_lora + rope values:
 //   [ ckv (kv_lora): RMSNorm_kva of the compressed KV ; k_pe (rope): the shared RoPE key, rotated ]
@@ -8,7 +8,7 @@
 //
 // Beside the rows, per slot: the token ids fed to the main model so far, the document start of
 // every position (positions restart after EOS and attention stops at document starts, exactly as
-// in training, DESIGN 1.8), the main cached length, and the cached length of each MTP module
+// in training, design.md 1.8), the main cached length, and the cached length of each MTP module
 // (MTP module k at position j needs token j+k, so its cache trails the main one).
 // Storage is allocated once for (slots, max_context); nothing grows while decoding.
 // Not here: the attention math (decoder.cpp), sampling, the MTP hidden-state history (decoder).

@@ -1,4 +1,4 @@
-// Sampling one token from logits (DESIGN 1.9): temperature -> top-k -> top-p on the renormalised
+// Sampling one token from logits (design.md 1.9): temperature -> top-k -> top-p on the renormalised
 // distribution -> draw. Each draw uses a counter-based stream keyed by (seed, sequence index,
 // position), so batching never changes results. temperature 0 (or top_k 1) is greedy, ties to
 // the lower token id.
@@ -19,7 +19,7 @@ struct SamplingParams {
   double top_p = 1.0;        // 1 = all
   uint64_t seed = 0;
   // > 0: only ids below it are drawn (the tokenizer's vocabulary when the model's is larger; the
-  // extra rows are never trained as targets, DESIGN 3)
+  // extra rows are never trained as targets, design.md 3)
   int64_t vocab_limit = 0;
   int64_t usable(int64_t V) const { return vocab_limit > 0 && vocab_limit < V ? vocab_limit : V; }
   bool greedy() const { return temperature <= 0 || top_k == 1; }

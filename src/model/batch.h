@@ -1,4 +1,4 @@
-// What the model reads off a micro-batch of training windows (DESIGN 1.8): inputs, RoPE
+// What the model reads off a micro-batch of training windows (design.md 1.8): inputs, RoPE
 // positions, the document mask and the targets of the main head and of every MTP depth.
 //   windows: (B, T+1) token ids x_0..x_T
 //   document = maximal run ending with EOS (the EOS belongs to the document it closes)

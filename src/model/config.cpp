@@ -26,7 +26,7 @@ const char* init_method_name(InitMethod m) {
 
 namespace {
 
-// openPangu → HF DeepSeek-V3 names (DESIGN 1.1 import aliases).
+// openPangu → HF DeepSeek-V3 names (design.md 1.1 import aliases).
 const std::pair<const char*, const char*> kAliases[] = {
     {"num_dense_layers", "first_k_dense_replace"},
     {"num_mtp_layers", "num_nextn_predict_layers"},

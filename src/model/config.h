@@ -1,4 +1,4 @@
-// The model configuration (DESIGN 1.1): HF DeepSeek-V3 / openPangu field names, plus ultramoe's
+// The model configuration (design.md 1.1): HF DeepSeek-V3 / openPangu field names, plus ultramoe's
 // own keys (init, DSSN constants, MoGE router scale). Parsed strictly: unknown keys, wrong types
 // and geometries that do not fit are errors naming the key.
 #pragma once
@@ -51,11 +51,11 @@ struct ModelConfig {
   bool dssn_depth_scaled = true;
   double dssn_c_attn = 0.283;            // DSSN constants (Pangu Ultra)
   double dssn_c_ffn = 0.432;
-  bool dssn_c_attn_auto = false;         // "auto": calibrated at init (DESIGN 1.2)
+  bool dssn_c_attn_auto = false;         // "auto": calibrated at init (design.md 1.2)
   bool dssn_c_ffn_auto = false;
   bool tie_word_embeddings = false;
 
-  // initialisation (DESIGN 1.3)
+  // initialisation (design.md 1.3)
   InitMethod init = InitMethod::tiny;
   double init_embedding_std = 0.5;
   double initializer_range = 0.006;

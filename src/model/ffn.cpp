@@ -169,7 +169,7 @@ namespace {
 template <class T>
 constexpr bool kHostMath = std::is_same_v<T, acc_t<T>>;
 
-// Expert-parallel dispatch (DESIGN 4). The plan's rows are sorted by global expert, so the rows
+// Expert-parallel dispatch (design.md 4). The plan's rows are sorted by global expert, so the rows
 // for peer q (experts [q*El, (q+1)*El)) are contiguous. Per-expert counts are exchanged first,
 // then token rows with all_to_all_v; the received rows (peer-major) are gathered expert-major
 // for the grouped GEMM, and the reverse path scatters them back.
@@ -371,7 +371,7 @@ void hier_backward(T* dx_routed, T* dgate, const T* dy, MoeActs<T>& a, const Wei
 }
 
 // The router input: x itself when it is already in the accumulation type, else an f32 copy in
-// scratch (DESIGN 1.5: the router GEMM runs in f32 on f32 copies of x and Wr).
+// scratch (design.md 1.5: the router GEMM runs in f32 on f32 copies of x and Wr).
 template <class T>
 const acc_t<T>* router_input(const T* x, int64_t n, Arena& scratch, const Ctx& ctx) {
   if constexpr (std::is_same_v<T, acc_t<T>>) {
@@ -396,7 +396,7 @@ void moe_forward(T* y, MoeActs<T>& a, MoeStats& st, const T* x, const WeightPtrs
   st.reset(E);
   st.tokens = N;
 
-  {  // route: z = x Wr^T, scores, top-k on s + b, gates; the balance statistics (DESIGN 1.6),
+  {  // route: z = x Wr^T, scores, top-k on s + b, gates; the balance statistics (design.md 1.6),
      // pooled scopes that span ranks adding their counts over the pool's ranks
     PhaseTimer timer(ctx.prof, Phase::router);
     const size_t mark = scratch.mark();

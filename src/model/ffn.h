@@ -1,14 +1,14 @@
-// The feed-forward blocks (DESIGN 1.5): the dense SwiGLU MLP (first_k_dense_replace layers and
+// The feed-forward blocks (design.md 1.5): the dense SwiGLU MLP (first_k_dense_replace layers and
 // the shared experts) and the MoE block, decomposed Megatron-style:
 //   route (z, s, top-k, gates) -> [capacity] -> permute -> dispatch -> experts (grouped GEMM)
 //   -> combine-dispatch back -> unpermute with the gates
-// plus the balance statistics of DESIGN 1.6. One routing plan (indices, gates, permutation) is
+// plus the balance statistics of design.md 1.6. One routing plan (indices, gates, permutation) is
 // the only thing that flows from the router to dispatch, experts and combine, and only the two
 // dispatch stages communicate. With expert parallelism (an EP group of size ep > 1) each rank
-// holds E/ep experts; dispatch is an all_to_all_v of token rows inside the EP group (DESIGN 4),
+// holds E/ep experts; dispatch is an all_to_all_v of token rows inside the EP group (design.md 4),
 // overlapped with the shared experts. With ep = 1 dispatch is the identity.
 // Precision: token rows and expert activations are T; the router (z, scores, gates, balance
-// statistics) runs in acc_t<T> on an f32 copy of x and the f32 master router weights (DESIGN
+// statistics) runs in acc_t<T> on an f32 copy of x and the f32 master router weights (design.md
 // 1.5). Host syncs: one per MoE layer forward (MoeActs::read_back: the expert offsets that size
 // the grouped GEMMs, the loads and the statistics), plus the count exchange of EP dispatch.
 #pragma once
@@ -73,7 +73,7 @@ struct MoeComms {
   Comm* inter = nullptr;
 };
 
-// How one MoE forward routes and which loss terms it carries (DESIGN 1.5, 1.6).
+// How one MoE forward routes and which loss terms it carries (design.md 1.5, 1.6).
 struct MoeOptions {
   TopkSpec spec;
   bool use_bias = false;         // aux-free bias in the selection
@@ -170,7 +170,7 @@ void moe_backward(T* dx, const T* dy, MoeActs<T>& a, const T* x, const WeightPtr
                   const MoeParams& p, const ModelConfig& c, const MoeOptions& o, int64_t N,
                   Arena& scratch, const Ctx& ctx);
 
-// Capacity of one expert (DESIGN 1.5, 1.10): ceil(cf * tokens * K / E - 1e-9), in double.
+// Capacity of one expert (design.md 1.5, 1.10): ceil(cf * tokens * K / E - 1e-9), in double.
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t K, int64_t E);
 
 }  // namespace um

@@ -1,4 +1,4 @@
-// Model FLOPs per token and MFU (DESIGN 7). Forward + backward, recomputation not counted:
+// Model FLOPs per token and MFU (design.md 7). Forward + backward, recomputation not counted:
 //   F = 6 N_mm + 6 H (d_qk + d_v) n L_att
 // N_mm: matmul parameters one token passes through (every layer's attention projections, the
 // router, shared experts and K routed experts or the dense FFN, the LM head; per MTP depth its

@@ -1,4 +1,4 @@
-// The parameters of one decoder layer (DESIGN 1.2), as offsets into the parameter table: shared by
+// The parameters of one decoder layer (design.md 1.2), as offsets into the parameter table: shared by
 // the training model (model.cpp) and the inference decoder (infer/decoder.cpp), which read the
 // same tensors.
 #pragma once

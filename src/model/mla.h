@@ -1,4 +1,4 @@
-// Multi-head latent attention with decoupled RoPE (DeepSeek-V2/V3; DESIGN 1.4):
+// Multi-head latent attention with decoupled RoPE (DeepSeek-V2/V3; design.md 1.4):
 //   cq  = RMSNorm_qa(x Wq_a)          q = cq Wq_b     (q_lora_rank 0: q = x Wq)
 //   kva = x Wkv_a = [ckv ; k_pe]      ckv = RMSNorm_kva(ckv)     kv = ckv Wkv_b = per head [k_nope ; v]
 //   q_pe, k_pe rotated (rotate-half); k_pe is one key shared by every head

@@ -56,7 +56,7 @@ LayerParams LayerParams::resolve(const ParamTable& t, const ModelConfig& c, int 
 
 namespace {
 
-// --- one decoder layer (DESIGN 1.2) ------------------------------------------------------------
+// --- one decoder layer (design.md 1.2) ------------------------------------------------------------
 
 
 template <class T>
@@ -567,7 +567,7 @@ void capture_rows(std::vector<T>& dst, const T* src, int64_t n, const Ctx& ctx) 
   ctx.download(dst.data(), src, size_t(n));
 }
 
-// How one MoE forward of a micro-batch of B sequences routes (DESIGN 1.5, 1.6).
+// How one MoE forward of a micro-batch of B sequences routes (design.md 1.5, 1.6).
 MoeOptions moe_options_for(const ModelConfig& c, const ModelOptions& opt, const StepScales& sc, int64_t B,
                            int64_t rows_per_seq, bool backward) {
   MoeOptions o;
@@ -659,7 +659,7 @@ const MicroResult& Model<T>::forward_chunk(int chunk, int slot, ParamStore<T>& p
                                        W.w + m.head, main_rows.targets, N, D, V, 1.0 / sc.n_main, ctx);
   sink.close(ctx);
 
-  // ---- forward: MTP modules (DESIGN 1.7) ----
+  // ---- forward: MTP modules (design.md 1.7) ----
   phase.reset();
   phase.emplace(ctx.prof, Phase::mtp);
   for (int64_t k = 1; k <= (sc.with_mtp || backward ? depth : 0); ++k) {

@@ -1,12 +1,12 @@
-// The Pangu-style MoE transformer (DESIGN 1): embedding, decoder layers with DSSN, MLA and a
-// dense or MoE FFN, final norm, LM head, MTP modules, and the loss J of DESIGN 1.8:
+// The Pangu-style MoE transformer (design.md 1): embedding, decoder layers with DSSN, MLA and a
+// dense or MoE FFN, final norm, LM head, MTP modules, and the loss J of design.md 1.8:
 //   J = CE(main) + (lambda/D) sum_k CE^k + alpha sum_l mean_pools B_l + beta_z sum_l mean z^2
 // A Model holds parameter offsets and the activation memory for one micro-batch on one device
 // (Model<float> and Model<double> on the CPU, Model<float> and Model<bf16> on CUDA); the weights
 // live in a ParamStore owned by the caller, so the trainer, the optimizer and checkpoints work on
 // the flat buffers directly. Forward and backward of a micro-batch are one call: every loss term
 // is already divided by its global count (StepScales), so gradients of micro-batches and ranks
-// simply add up (DESIGN 1.8).
+// simply add up (design.md 1.8).
 #pragma once
 
 #include <cstdint>
@@ -29,7 +29,7 @@ enum class BalanceScope : uint8_t { sequence, micro_batch, ep_group, global };
 const char* balance_scope_name(BalanceScope s);
 BalanceScope parse_balance_scope(const std::string& s);
 
-// A contiguous piece of the model that one pipeline rank runs for a micro-batch (DESIGN 4), in
+// A contiguous piece of the model that one pipeline rank runs for a micro-batch (design.md 4), in
 // units: 0 the input embedding, 1..L the main decoder layers 0..L-1, L+1 the tail (final norm,
 // LM head and the MTP modules). n_slots micro-batches keep their activations in the chunk at once
 // (the pipeline schedule's in-flight count).
@@ -50,7 +50,7 @@ struct ModelOptions {
   std::vector<ChunkSpec> chunks;   // this rank's pieces; empty: the whole model, one slot
 };
 
-// Normalisations known before the forward (DESIGN 1.6-1.8), the same on every micro-batch of a
+// Normalisations known before the forward (design.md 1.6-1.8), the same on every micro-batch of a
 // step.
 struct StepScales {
   double n_main = 1;                // valid main targets in the global batch
@@ -141,7 +141,7 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
-// DSSN "auto" (DESIGN 1.2, our experiment): with every post-norm gain at 1, one forward on a
+// DSSN "auto" (design.md 1.2, our experiment): with every post-norm gain at 1, one forward on a
 // calibration batch; c = the std of the sub-layer outputs averaged over the main layers, kept
 // separately for attention and FFN; then the post gains of all layers (MTP included) start at
 // c/sqrt(L). Only the constants configured as "auto" are replaced. Returns (c_attn, c_ffn).

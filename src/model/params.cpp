@@ -104,7 +104,7 @@ void add_attention(TableBuilder& b, const ModelConfig& c, const std::string& pre
   b.matrix(pre + "self_attn.o_proj.weight", D, H * c.v_head_dim, A, layer);
 }
 
-// A decoder layer's non-expert tensors (DESIGN 1.2, 1.4, 1.5).
+// A decoder layer's non-expert tensors (design.md 1.2, 1.4, 1.5).
 void add_layer(TableBuilder& b, const ModelConfig& c, int layer) {
   const std::string pre = "model.layers." + std::to_string(layer) + ".";
   const int64_t D = c.hidden_size;

@@ -1,5 +1,5 @@
 // The parameter table: every tensor of the model declared once — HF name, shape, init rule,
-// whether weight decay applies, and where it lives in the flat buffer (DESIGN 1.3, 1.10, 6).
+// whether weight decay applies, and where it lives in the flat buffer (design.md 1.3, 1.10, 6).
 // Adding a tensor is one line in params.cpp.
 //
 // Flat layout: all replicated (non-expert) parameters first, in model order, then the routed
@@ -37,7 +37,7 @@ struct ParamInfo {
   Shape shape;
   InitRule init = InitRule::zeros;
   double value = 0;       // the constant for InitRule::constant
-  bool decay = false;     // weight decay: 2-D weights only (DESIGN 2)
+  bool decay = false;     // weight decay: 2-D weights only (design.md 2)
   Component component = Component::attention;
   int layer = -1;         // decoder layer (MTP layer k is L+k-1); -1 outside layers
   int expert = -1;        // global routed-expert index, -1 otherwise
@@ -71,7 +71,7 @@ struct ParamTable {
   std::unordered_map<std::string, size_t> buffer_index;
 };
 
-// What one pipeline rank holds (DESIGN 4, pipeline parallelism): the input embedding, which
+// What one pipeline rank holds (design.md 4, pipeline parallelism): the input embedding, which
 // decoder layers (main and MTP, by index), and the tail (final norm, LM head, MTP inputs and head
 // norms). A tail rank also holds a copy of the embedding when the MTP modules or a tied head read
 // it. Null: everything (no pipeline).
@@ -91,10 +91,10 @@ ParamTable build_param_table(const ModelConfig& c, int ep_rank = 0, int ep_size 
 // Whether the tail needs the embedding matrix (MTP inputs or a tied LM head).
 bool tail_reads_embedding(const ModelConfig& c);
 
-// The standard deviation of a weight matrix under the config's init method (DESIGN 1.3).
+// The standard deviation of a weight matrix under the config's init method (design.md 1.3).
 double matrix_init_std(const ModelConfig& c);
 
-// Initial post-norm gains (DESIGN 1.2): c/sqrt(L) for DSSN, 1 for plain sandwich.
+// Initial post-norm gains (design.md 1.2): c/sqrt(L) for DSSN, 1 for plain sandwich.
 double post_norm_gain(const ModelConfig& c, double constant);
 
 struct ParamCounts {

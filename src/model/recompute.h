@@ -1,4 +1,4 @@
-// Selective recomputation (DESIGN 2): chosen activations are not kept per layer; every layer
+// Selective recomputation (design.md 2): chosen activations are not kept per layer; every layer
 // writes them into one shared buffer in the forward, and the backward recomputes them from what
 // is kept, with the same ops in the same order, so gradients are bit-identical.
 //   norms     RMSNorm outputs (input, pre-FFN, q_a and kv_a norms)     recomputed from x and rstd
@@ -35,7 +35,7 @@ inline Recompute Recompute::parse(const std::vector<std::string>& names) {
 }
 
 // Buffers shared by every layer for the recomputed activations. The model's layout runs twice
-// (DESIGN: a counting arena sizes the real one): the counting pass records each slot's largest
+// (design.md 9: a counting arena sizes the real one): the counting pass records each slot's largest
 // request, prepare() reserves the slots, and the real pass hands every layer the same pointer.
 class SharedSlots {
  public:

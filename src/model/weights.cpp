@@ -23,7 +23,7 @@ void init_values(A* w, const ParamTable& table, const ModelConfig& c, uint64_t s
       std::fill(x, x + p.numel, A(p.init == InitRule::constant ? p.value : 0.0));
       continue;
     }
-    // a tied embedding is also the LM head and takes the matrix rule (DESIGN 1.3)
+    // a tied embedding is also the LM head and takes the matrix rule (design.md 1.3)
     const bool embedding = p.init == InitRule::embedding && !c.tie_word_embeddings;
     const double std = embedding ? c.init_embedding_std : matrix_std;
     const Philox rng(seed, p.name);

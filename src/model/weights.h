@@ -1,7 +1,7 @@
 // ParamStore: the flat buffers behind a ParamTable — master weights, gradients and the two Adam
 // moments, all congruent (same offsets), plus the non-trainable buffers (aux-free biases) — on
 // one device. For a model computing in T the master buffers are acc_t<T> (f32 for a bf16 model,
-// DESIGN 2: fp32 master weights and optimizer state, gradients reduced in fp32) and, when T is
+// design.md 2: fp32 master weights and optimizer state, gradients reduced in fp32) and, when T is
 // narrower than its accumulation type, `wc` holds the compute copy the forward reads (bf16),
 // refreshed from the master weights after every change (sync_compute). On the CPU (f32, f64)
 // there is no copy: the model reads the master weights directly.
@@ -77,7 +77,7 @@ template <class T>
 void upload_state(ParamStore<T>& ps, const ParamStore<acc_t<T>>& host, const Ctx& ctx);
 
 // Draws every parameter from its own counter-based stream keyed by (seed, name), so values never
-// depend on ranks, ep, threads or which other tensors exist (DESIGN 1.3). Buffers are zeroed.
+// depend on ranks, ep, threads or which other tensors exist (design.md 1.3). Buffers are zeroed.
 // The values are drawn on the host and uploaded to the store's device.
 template <class T>
 void init_params(ParamStore<T>& store, const ParamTable& table, const ModelConfig& c,

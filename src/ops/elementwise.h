@@ -30,7 +30,7 @@ void cast_from_acc(T* dst, const acc_t<T>* src, int64_t n, bool accumulate, cons
 template <class T>
 void fill(T* p, int64_t n, double value, const Ctx& ctx);
 
-// MLA's per-head keys and values (DESIGN 1.4) from the up-projection kv (N, H*(nope+dv)) and the
+// MLA's per-head keys and values (design.md 1.4) from the up-projection kv (N, H*(nope+dv)) and the
 // one rope key shared by all heads, kva[n, kv_lora : kv_lora+rd] (kva row stride kva_ld):
 //   k (N, H, nope+rd): k[n,h] = [kv[n,h,0:nope] ; kva[n, kv_lora:kv_lora+rd]]
 //   v (N, H, dv):      v[n,h] = kv[n,h,nope:nope+dv]

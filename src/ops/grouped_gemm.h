@@ -6,7 +6,7 @@
 //           group). dX or dW may be null.
 // X and dX may have a row stride (ldx) so a segment can read a column slice.
 // `offsets` is HOST memory (the segment sizes decide the launch shapes; on the CUDA backend the
-// MoE layer reads them back once per layer, DESIGN 1.5); the matrices are on ctx's device.
+// MoE layer reads them back once per layer, design.md 1.5); the matrices are on ctx's device.
 //   cpu:  one BLAS call per group (groups side by side over threads when they are small)
 //   cuda: one cuBLAS grouped GEMM for all groups
 #pragma once

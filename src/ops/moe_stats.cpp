@@ -11,7 +11,7 @@ namespace um {
 namespace cpu {
 namespace {
 
-// s' of DESIGN 1.6: the unbiased scores renormalised to sum 1 over all experts.
+// s' of design.md 1.6: the unbiased scores renormalised to sum 1 over all experts.
 template <class T>
 inline T renorm_denominator(const T* s_row, int64_t E, ScoreFunc f) {
   if (f == ScoreFunc::softmax) return T(1);

@@ -1,4 +1,4 @@
-// The balance statistics and auxiliary losses of a MoE layer (DESIGN 1.6), on the router's
+// The balance statistics and auxiliary losses of a MoE layer (design.md 1.6), on the router's
 // accumulation type T (f32, or f64 in tests). Pools are runs of pool_rows consecutive rows of
 // this micro-batch; a pooled scope spanning ranks sums the counts over the pool's ranks between
 // balance_counts and moe_router_stats.

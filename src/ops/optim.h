@@ -1,4 +1,4 @@
-// Optimizer ops over flat buffers (DESIGN 2).
+// Optimizer ops over flat buffers (design.md 2).
 // AdamW with torch.optim.AdamW semantics (decoupled decay, bias-corrected moments, eps outside
 // the square root), step = number of applied updates including this one (1-based):
 //   p <- p * (1 - lr*wd)
@@ -30,7 +30,7 @@ double sum_squares(const T* g, int64_t n, const Ctx& ctx);
 template <class T>
 void scale_inplace(T* g, int64_t n, double c, const Ctx& ctx);
 
-// Clip coefficient for a global gradient norm (DESIGN 2): min(1, clip / (norm + 1e-6)).
+// Clip coefficient for a global gradient norm (design.md 2): min(1, clip / (norm + 1e-6)).
 // clip <= 0 disables clipping.
 inline double clip_coefficient(double norm, double clip) {
   if (clip <= 0) return 1.0;

@@ -1,4 +1,4 @@
-// Token permutation for dropless MoE (DESIGN 1.5): the (token, slot) pairs of a routing decision
+// Token permutation for dropless MoE (design.md 1.5): the (token, slot) pairs of a routing decision
 // are sorted by expert so each expert's rows are one contiguous segment, a grouped GEMM runs over
 // the segments, and the results are combined back per token with their gates.
 // A pair p = t*K + j is token t's j-th selected expert. Sorting is stable (token order inside an
@@ -19,7 +19,7 @@ void routing_permutation(int32_t* offsets, int32_t* row_pair, int32_t* pair_row,
                          const int32_t* expert, const uint8_t* keep, int64_t N, int K, int64_t E,
                          const Ctx& ctx);
 
-// Capacity mode (DESIGN 1.5): per expert keep the C pairs with the highest unbiased score
+// Capacity mode (design.md 1.5): per expert keep the C pairs with the highest unbiased score
 // s[t, e] (ties: lower token index), keep (N*K) = 1 for kept pairs, 0 for dropped ones.
 // T is the accumulation type (the router's scores).
 template <class T>

@@ -1,5 +1,5 @@
-// MoE router ops (DESIGN 1.5): scores, top-k selection, gates. The router GEMM z = x Wr^T is a
-// plain linear, in f32 on f32 copies of x and Wr (DESIGN 1.5), so every router op runs on the
+// MoE router ops (design.md 1.5): scores, top-k selection, gates. The router GEMM z = x Wr^T is a
+// plain linear, in f32 on f32 copies of x and Wr (design.md 1.5), so every router op runs on the
 // accumulation type: T is f32 (or f64 in tests), also in a bf16 model. Selection has no
 // gradient; gradients reach z through the selected gates (and, in the model, through the
 // balance loss).

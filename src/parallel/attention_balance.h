@@ -1,4 +1,4 @@
-// DP attention balancing (Pangu; DESIGN 3): with document masks a sequence's attention cost
+// DP attention balancing (Pangu; design.md 3): with document masks a sequence's attention cost
 // grows with the sum of its squared document lengths, so ranks that draw long documents finish
 // late. The balancer assigns the sequences of a global batch to (micro-step, rank) slots so the
 // per-rank totals are even, greedily (largest first to the least loaded rank with room), moving
@@ -16,7 +16,7 @@
 
 namespace um {
 
-// Sum of squared document lengths of each window (B, T+1): documents end at EOS (DESIGN 1.8).
+// Sum of squared document lengths of each window (B, T+1): documents end at EOS (design.md 1.8).
 std::vector<double> attention_costs(const int32_t* windows, int64_t B, int64_t T);
 
 struct SequenceAssignment {

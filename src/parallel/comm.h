@@ -1,9 +1,9 @@
-// Comm: the communication group every distributed piece talks through (DESIGN 4) — a small
+// Comm: the communication group every distributed piece talks through (design.md 4) — a small
 // interface in the spirit of MLX's distributed groups. Implementations: Local (one process;
 // collectives return their input, so single-process code has no branches), MPI (Open MPI, CPU
 // buffers) and NCCL (GPU buffers, bootstrapped over MPI; built with the CUDA option).
 // Counts are in elements of `dtype`. Every reduction is a plain operation on the data: callers
-// decide what to divide by (DESIGN 1.8: nothing divides by W or ep).
+// decide what to divide by (design.md 1.8: nothing divides by W or ep).
 #pragma once
 
 #include <cstdint>

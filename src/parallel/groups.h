@@ -1,4 +1,4 @@
-// The process groups of a distributed step (DESIGN 4): pp pipeline stages of W/pp consecutive
+// The process groups of a distributed step (design.md 4): pp pipeline stages of W/pp consecutive
 // ranks each (pp = 1: one stage, every rank); inside a stage, W/pp data-parallel ranks, EP groups
 // of parallel.ep consecutive ranks each holding E/ep experts, and the "expert data parallel"
 // groups of ranks that hold the same experts; across stages, the pipelines (one rank per stage,

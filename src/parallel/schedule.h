@@ -1,4 +1,4 @@
-// Pipeline schedules (DESIGN 4): the order in which one pipeline rank runs the forward and
+// Pipeline schedules (design.md 4): the order in which one pipeline rank runs the forward and
 // backward passes of its model chunks over the micro-batches of a step.
 //   1F1B (vpp = 1): stage s runs min(m, pp - s - 1) warm-up forwards, then alternates one
 //     forward and one backward, then drains the backwards (Narayanan et al. 2021, PipeDream-Flush).

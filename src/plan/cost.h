@@ -17,7 +17,7 @@ double gemm_time(const Hardware& hw, double m, double n, double k, int elem_byte
                  double efficiency_factor = 1.0);
 
 // Causal attention forward FLOPs: 2 (d_qk + d_v) per (query, key) pair and head, T(T+1)/2 pairs
-// per sequence (the same n̄ as DESIGN 7).
+// per sequence (the same n̄ as design.md 7).
 double attention_forward_flops(double seqs, double seq_len, double heads, double d_qk, double d_v);
 double attention_time(const Hardware& hw, double flops);
 
@@ -54,7 +54,7 @@ struct AllToAll {
 AllToAll all_to_all_flat(const Hardware& hw, const GroupSpan& g, double send_bytes);
 // Hierarchical: each token (token_bytes of them per device) crosses the inter-node network once
 // per remote node that holds one of its experts, then the receiving device forwards the pairs to
-// the other devices of its node over the intra-node link (DESIGN 4; DeepSeek-V3 section 3.2.2).
+// the other devices of its node over the intra-node link (design.md 4; DeepSeek-V3 section 3.2.2).
 AllToAll all_to_all_hierarchical(const Hardware& hw, const GroupSpan& g, double send_bytes,
                                  double token_bytes, double remote_nodes_per_token);
 

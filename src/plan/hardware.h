@@ -1,4 +1,4 @@
-// Hardware descriptions for the planner (DESIGN 5): what one device (an accelerator, or one CPU
+// Hardware descriptions for the planner (design.md 5): what one device (an accelerator, or one CPU
 // core for the CPU backend) computes, holds and moves, read strictly from configs/hardware/*.json.
 // This is data plus the two lookups the cost model needs (GEMM efficiency, bytes per element);
 // it is not a device query and it predicts nothing by itself (see plan/cost.h).
@@ -13,7 +13,7 @@
 
 namespace um::plan {
 
-// Training precision of the backend (DESIGN 2): bf16 compute with fp32 master weights on
+// Training precision of the backend (design.md 2): bf16 compute with fp32 master weights on
 // accelerators, plain fp32 on CPU. It fixes the bytes of every stored tensor.
 enum class Precision : uint8_t { bf16, fp32 };
 const char* precision_name(Precision p);

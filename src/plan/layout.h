@@ -1,4 +1,4 @@
-// A parallel layout (DESIGN 5) and the workload it runs: how N devices split one training step
+// A parallel layout (design.md 5) and the workload it runs: how N devices split one training step
 // into tensor (tp), pipeline (pp, vpp virtual stages), data (dp) and expert (ep, etp or
 // tp_extend_ep) parallel groups, the micro-batch, recomputation and ZeRO-1. This file parses
 // `tp=8,pp=16,vpp=2,ep=4,mbs=2` strings and rejects impossible layouts with errors naming the
@@ -22,7 +22,7 @@ namespace um::plan {
 
 enum class Recompute : uint8_t {
   none,
-  selective,  // norms, SwiGLU activations, MLA up-projections (DESIGN 2; Megatron-Core
+  selective,  // norms, SwiGLU activations, MLA up-projections (design.md 2; Megatron-Core
               // --recompute-modules layernorm moe_act mla_up_proj)
   full,       // the whole layer from its input
 };
@@ -30,13 +30,13 @@ const char* recompute_name(Recompute r);
 
 // EP all-to-all algorithm: flat (one message per token-expert pair) or hierarchical (a token
 // crosses the inter-node network once per destination node, then fans out inside the node;
-// DESIGN 4 / Pangu's inter-node all-gather + intra-node all-to-all, DeepSeek-V3's dispatch).
+// design.md 4 / Pangu's inter-node all-gather + intra-node all-to-all, DeepSeek-V3's dispatch).
 enum class Dispatch : uint8_t { flat, hierarchical };
 const char* dispatch_name(Dispatch d);
 
 // How much of the EP all-to-all the schedule hides (a property of the engine, not the layout):
-// none; shared = behind the shared-expert MLP (DESIGN 4, Megatron-Core --moe-shared-expert-overlap);
-// full = behind the compute of another micro-batch (DeepSeek-V3 DualPipe, DESIGN 4's later
+// none; shared = behind the shared-expert MLP (design.md 4, Megatron-Core --moe-shared-expert-overlap);
+// full = behind the compute of another micro-batch (DeepSeek-V3 DualPipe, design.md 4's later
 // two-micro-batch overlap).
 enum class EpOverlap : uint8_t { none, shared, full };
 const char* ep_overlap_name(EpOverlap o);

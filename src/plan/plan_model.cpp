@@ -12,7 +12,7 @@ std::pair<int64_t, int64_t> attention_params(const PlanModel& m) {
     const int64_t o = H * m.head_dim * D;
     return {q + kv + o, 0};
   }
-  // MLA (DESIGN 1.4): the down-projections are small and, as in Megatron-Core's MLA, every
+  // MLA (design.md 1.4): the down-projections are small and, as in Megatron-Core's MLA, every
   // TP rank holds them whole; the up-projections and Wo are split by heads.
   int64_t split = 0, replicated = 0;
   if (m.q_lora > 0) {
@@ -85,7 +85,7 @@ int64_t matmul_params_per_token(const PlanModel& m) {
 
 double model_flops_per_token(const PlanModel& m, int64_t seq_len) {
   const double n_mm = static_cast<double>(matmul_params_per_token(m));
-  const double mean_keys = (static_cast<double>(seq_len) + 1.0) / 2.0;  // causal n̄ (DESIGN 7)
+  const double mean_keys = (static_cast<double>(seq_len) + 1.0) / 2.0;  // causal n̄ (design.md 7)
   const double l_att = static_cast<double>(m.n_layers + m.mtp_depth);
   return 6.0 * n_mm + 6.0 * m.n_heads * static_cast<double>(m.d_qk() + m.d_v()) * mean_keys * l_att;
 }
@@ -121,7 +121,7 @@ PlanModel plan_model_from_config(const ModelConfig& c, const std::string& name) 
 
 namespace {
 
-// The planner-only section: DESIGN 1.1 names where they exist, plus `attention` and the GQA
+// The planner-only section: design.md 1.1 names where they exist, plus `attention` and the GQA
 // shape (num_key_value_heads, head_dim, as in HF Llama/Mixtral configs).
 PlanModel parse_plan_model_section(const json& j, const std::string& name) {
   JsonReader r(j, "plan_model", "plan");

@@ -1,5 +1,5 @@
 // The model geometry the planner reasons about: layer counts, widths, attention shape and experts,
-// with per-layer parameter counts and the DESIGN 7 model FLOPs per token. It is built from a
+// with per-layer parameter counts and the design.md 7 model FLOPs per token. It is built from a
 // ModelConfig (MLA models: everything ultramoe trains) or from a planner-only `plan_model` section
 // that can also describe grouped-query attention (GQA, e.g. Mixtral), which ModelConfig cannot.
 // It holds no weights and knows nothing of devices or layouts.
@@ -43,7 +43,7 @@ struct PlanModel {
   bool has_experts() const { return n_experts > 0; }
   // Layer index counts MTP layers after the L main ones; MTP layers are MoE when experts exist.
   bool is_moe(int64_t layer) const { return has_experts() && layer >= n_dense_layers; }
-  int64_t n_units() const { return n_layers + mtp_depth; }  // pipeline units (DESIGN 4: MTP is a stage)
+  int64_t n_units() const { return n_layers + mtp_depth; }  // pipeline units (design.md 4: MTP is a stage)
 };
 
 // Parameters of one decoder layer, split the way layouts shard them.
@@ -64,19 +64,19 @@ struct LayerParams {
 LayerParams layer_params(const PlanModel& m, int64_t layer);
 
 struct PlanParamCounts {
-  int64_t total = 0;   // DESIGN 7 total_params (main model, MTP excluded)
-  int64_t active = 0;  // DESIGN 7 active_params
+  int64_t total = 0;   // design.md 7 total_params (main model, MTP excluded)
+  int64_t active = 0;  // design.md 7 active_params
   int64_t mtp = 0;     // MTP modules without the shared embedding/head
   int64_t embedding = 0, lm_head = 0;
 };
 PlanParamCounts plan_param_counts(const PlanModel& m);
 
-// Matmul parameters one token passes through (DESIGN 7 N_mm): attention matrices, router, shared
+// Matmul parameters one token passes through (design.md 7 N_mm): attention matrices, router, shared
 // experts and K routed experts or the dense FFN, the LM head; per MTP depth its eh_proj, layer
 // and the LM head again. The embedding lookup is excluded.
 int64_t matmul_params_per_token(const PlanModel& m);
 
-// DESIGN 7 model FLOPs per token, forward + backward, recomputation not counted:
+// design.md 7 model FLOPs per token, forward + backward, recomputation not counted:
 // F = 6 N_mm + 6 H (d_qk + d_v) n̄ L_att,  n̄ = (T+1)/2,  L_att = L + MTP depth.
 double model_flops_per_token(const PlanModel& m, int64_t seq_len);
 

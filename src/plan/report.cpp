@@ -59,7 +59,7 @@ void print_header(std::FILE* out, const PlanModel& m, const Hardware& hw, const 
                (long long)w.devices, (long long)w.seq_len, (long long)w.global_batch,
                si(double(w.global_batch) * w.seq_len).c_str(), ep_overlap_name(w.ep_overlap), w.moe_imbalance);
   const double n_mm = double(matmul_params_per_token(m)), mean_keys = (w.seq_len + 1.0) / 2.0;
-  std::fprintf(out, "FLOPs/token F = 6 N_mm + 6 H (d_qk+d_v) n_bar L_att = 6*%.4g + 6*%lld*%lld*%.1f*%lld = %.4g (DESIGN 7)\n\n",
+  std::fprintf(out, "FLOPs/token F = 6 N_mm + 6 H (d_qk+d_v) n_bar L_att = 6*%.4g + 6*%lld*%lld*%.1f*%lld = %.4g (design.md 7)\n\n",
                n_mm, (long long)m.n_heads, (long long)(m.d_qk() + m.d_v()), mean_keys,
                (long long)(m.n_layers + m.mtp_depth), model_flops_per_token(m, w.seq_len));
 }

@@ -1,5 +1,5 @@
 // Text and JSON rendering of planner results for `ultramoe plan`: the model/hardware/workload
-// header with the DESIGN 7 FLOPs formula and its numbers, the ranked layout table, the step-time
+// header with the design.md 7 FLOPs formula and its numbers, the ranked layout table, the step-time
 // and memory breakdown of one layout, and the geometry table. Formatting only; no decisions.
 #pragma once
 

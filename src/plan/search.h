@@ -1,4 +1,4 @@
-// Searches of the planner (DESIGN 5): every parallel layout of a device count that fits in memory,
+// Searches of the planner (design.md 5): every parallel layout of a device count that fits in memory,
 // ranked by predicted step time; and model geometries (layers, hidden size, experts) at a fixed
 // total/active parameter budget, each with its best layout, as Pangu Ultra MoE chose its shape
 // (arXiv 2505.04519, section 2). This file enumerates and ranks; the predictions come from

@@ -29,7 +29,7 @@ StateBytes state_bytes(Precision p) {
 // add reads two and writes one; SwiGLU reads gate and up and writes one; RoPE and permutes read
 // and write.
 constexpr double kNormPass = 2, kResidualPass = 3, kSwigluPass = 3, kCopyPass = 2;
-// The router GEMM and scores run in fp32 (DESIGN 1.5), as does the vocab-parallel cross entropy
+// The router GEMM and scores run in fp32 (design.md 1.5), as does the vocab-parallel cross entropy
 // that keeps the softmax of the logits for backward (Megatron-Core's default).
 constexpr double kFp32Bytes = 4;
 // Cross-entropy over the logits, forward and backward fused (src/ops/cross_entropy.h): passes for
@@ -167,7 +167,7 @@ void add_tp_mlp(Block& b, Work& w, Work& redo, const Env& e, double width) {
   add_pass(redo, e, t * f * kSwigluPass * e.eb, t * f);
   add_gemm(w, e, t, D, f);
   b.act += t * 3 * f * e.eb;          // gate and up outputs, SwiGLU output
-  b.act_dropped += t * f * e.eb;      // SwiGLU output (Megatron-Core moe_act / DESIGN 2)
+  b.act_dropped += t * f * e.eb;      // SwiGLU output (Megatron-Core moe_act / design.md 2)
   if (e.l.tp > 1) b.tp += tp_pair(e, e.tl * D * e.eb);
 }
 
@@ -351,7 +351,7 @@ UnitCost head_cost(const Env& e, bool holds_matrix) {
   return u;
 }
 
-// MTP module inputs (DESIGN 1.7): enorm, hnorm, eh_proj; plus its own embedding lookup.
+// MTP module inputs (design.md 1.7): enorm, hnorm, eh_proj; plus its own embedding lookup.
 UnitCost mtp_input_cost(const Env& e) {
   const double D = static_cast<double>(e.m.hidden);
   Work w;

@@ -1,6 +1,6 @@
-// The planner's step simulator (DESIGN 5): for a model x hardware x workload x layout, the time of
+// The planner's step simulator (design.md 5): for a model x hardware x workload x layout, the time of
 // one optimizer step (compute, exposed communication, pipeline bubble, optimizer), the memory of
-// the fullest device and the resulting MFU (DESIGN 7) and tokens/s. It is an analytic model of a
+// the fullest device and the resulting MFU (design.md 7) and tokens/s. It is an analytic model of a
 // Megatron-style engine (1F1B pipeline, sequence-parallel TP, all-to-all EP, ZeRO-1), not an
 // event simulator: no per-device jitter, routing is balanced up to Workload::moe_imbalance.
 #pragma once

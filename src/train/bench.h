@@ -1,4 +1,4 @@
-// `ultramoe bench` (DESIGN 7): warm-up, then timed training steps of a config on synthetic
+// `ultramoe bench` (design.md 7): warm-up, then timed training steps of a config on synthetic
 // windows (or a data directory): tokens/s, model GFLOP/s, MFU against the FP32 peak and against
 // the measured sgemm rate, peak RSS, allocations per steady-state step, memory per parameter and
 // per token, and the step time by phase. Works under mpirun like `train`.

@@ -1,5 +1,7 @@
 #include "train/checkpoint.h"
 
+#include "train/pipeline.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "core/failpoint.h"
 #include "core/safetensors.h"
@@ -81,29 +84,44 @@ json hf_config_json(const ModelConfig& c) {
 
 namespace {
 
-// Writes the checkpoint directory from named fp32 tensors (rank 0 only).
-struct NamedTensors {
-  struct Item {
-    std::string name;
-    Shape shape;
-    const float *w, *m, *v;  // m, v null for buffers
-  };
-  std::vector<Item> items;
+// One tensor to save: weights, and the Adam moments (null for buffers).
+struct SavedTensor {
+  std::string name;
+  Shape shape;
+  const float *w, *m, *v;
 };
 
-std::string write_checkpoint_dir(const std::string& root, const RunConfig& rc, const NamedTensors& t,
-                                 const TrainerState& state, const std::string& tokenizer_path) {
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  UM_CHECK(!ec, "checkpoint", "cannot create ", root, ": ", ec.message());
-  const std::string name = checkpoint_name(state.step);
-  const std::string final_dir = root + "/" + name, tmp = final_dir + ".tmp";
-  fs::remove_all(tmp, ec);
-  fs::create_directory(tmp, ec);
-  UM_CHECK(!ec, "checkpoint", "cannot create ", tmp, ": ", ec.message());
+// The non-expert tensors (replicated parameters, then buffers) are shared out among the shard
+// writers in table order, by bytes, so that every writer and rank 0 (which writes the index)
+// agree on the assignment without talking. Returns the shard of each, in that order.
+std::vector<int> dense_shards(const ParamTable& t, int n_shards) {
+  std::vector<int64_t> sizes;
+  for (const ParamInfo& p : t.params)
+    if (p.expert < 0) sizes.push_back(p.numel);
+  for (const BufferInfo& b : t.buffers) sizes.push_back(b.numel);
+  int64_t total = 0;
+  for (int64_t n : sizes) total += n;
+  std::vector<int> shard;
+  int64_t before = 0;
+  for (int64_t n : sizes) {
+    shard.push_back(total > 0 ? int((before * n_shards) / total) : 0);
+    before += n;
+  }
+  return shard;
+}
 
+std::string model_file(int shard, int n_shards) {
+  return n_shards == 1 ? "model.safetensors" : shard_file_name("model", shard + 1, n_shards);
+}
+std::string optimizer_file(int shard, int n_shards) {
+  return n_shards == 1 ? "optimizer.safetensors" : shard_file_name("optimizer", shard + 1, n_shards);
+}
+
+// Writes one shard's weight and moment files into dir.
+void write_shard_files(const std::string& dir, const std::vector<SavedTensor>& items, int shard, int n_shards,
+                       int64_t adam_step) {
   SafetensorsWriter model, opt;
-  for (const auto& it : t.items) {
+  for (const auto& it : items) {
     model.add(it.name, DType::f32, it.shape, it.w);
     if (it.m) {
       opt.add(it.name + ".exp_avg", DType::f32, it.shape, it.m);
@@ -111,10 +129,53 @@ std::string write_checkpoint_dir(const std::string& root, const RunConfig& rc, c
     }
   }
   model.set_metadata("format", "pt");
-  model.write(tmp + "/model.safetensors", true);
+  model.write(dir + "/" + model_file(shard, n_shards), true);
   failpoint_kill("checkpoint.after_model");
-  opt.set_metadata("adam_step", std::to_string(state.adam_step));
-  opt.write(tmp + "/optimizer.safetensors", true);
+  opt.set_metadata("adam_step", std::to_string(adam_step));
+  opt.write(dir + "/" + optimizer_file(shard, n_shards), true);
+}
+
+// The index files of a sharded checkpoint (rank 0): every tensor of the full model by name, in
+// the shard its writer put it in (the writers' rule replayed for every pipeline stage).
+void write_checkpoint_indexes(const std::string& dir, const RunConfig& rc, int ep, int pp) {
+  const ModelConfig& mc = rc.model;
+  const int n_shards = pp * ep;
+  UM_CHECK(pp == 1 || pp == rc.parallel.pp, "checkpoint", "written by ", pp, " pipeline stages, the config has parallel.pp=",
+           rc.parallel.pp);
+  const PipelineLayout pl = pp > 1 ? PipelineLayout::make(mc, rc.parallel) : PipelineLayout{};
+  const int64_t per_shard = mc.n_routed_experts / ep;
+  std::map<std::string, std::string> wmap, omap;
+  uint64_t wbytes = 0, obytes = 0;
+  for (int stage = 0; stage < pp; ++stage) {
+    StageContents contents;
+    if (pp > 1) contents = pl.contents(mc, stage);
+    const ParamTable t = build_param_table(mc, 0, 1, 1, pp > 1 ? &contents : nullptr);
+    const std::vector<int> dense = dense_shards(t, ep);
+    size_t k = 0;
+    for (const ParamInfo& p : t.params) {
+      const int shard = stage * ep + (p.expert >= 0 ? int(p.expert / per_shard) : dense[k++]);
+      if (stage > 0 && p.component == Component::embedding) continue;  // the first stage's copy
+      wmap[p.name] = model_file(shard, n_shards);
+      omap[p.name + ".exp_avg"] = omap[p.name + ".exp_avg_sq"] = optimizer_file(shard, n_shards);
+      wbytes += uint64_t(p.numel) * 4;
+      obytes += uint64_t(p.numel) * 8;
+    }
+    for (const BufferInfo& b : t.buffers) {
+      wmap[b.name] = model_file(stage * ep + dense[k++], n_shards);
+      wbytes += uint64_t(b.numel) * 4;
+    }
+  }
+  write_safetensors_index(dir + "/model.safetensors.index.json", wmap, wbytes, true);
+  write_safetensors_index(dir + "/optimizer.safetensors.index.json", omap, obytes, true);
+}
+
+// Rank 0, after every shard is written: the small files, then the atomic rename.
+std::string finish_checkpoint_dir(const std::string& root, const std::string& tmp, const RunConfig& rc,
+                                  const TrainerState& state, const std::string& tokenizer_path, int ep, int pp) {
+  const int n_shards = ep * pp;
+  std::error_code ec;
+  const std::string final_dir = root + "/" + checkpoint_name(state.step);
+  if (n_shards > 1) write_checkpoint_indexes(tmp, rc, ep, pp);
   write_text(tmp + "/config.json", hf_config_json(rc.model).dump(2) + "\n");
   write_text(tmp + "/ultramoe.json", rc.to_json().dump(2) + "\n");
   write_text(tmp + "/trainer_state.json", state.to_json().dump(2) + "\n");
@@ -152,8 +213,23 @@ template <class T>
 std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
                             const ParamStore<T>& ps, const Optimizer& opt, const TrainerState& state,
                             const std::string& tokenizer_path, const StepGroups& g) {
-  const int rank = g.world_rank(), ep = g.ep_size();
-  const int64_t n = table.n_elements, n_rep = table.n_replicated, n_exp = n - n_rep;
+  // g.world: the data-parallel ranks of this rank's pipeline stage (the job without pipelining)
+  Comm* all = g.everyone();
+  const int rank = all ? all->rank() : 0, ep = g.ep_size();
+  const bool multi = all && all->size() > 1;
+  const int64_t n = table.n_elements, n_rep = table.n_replicated;
+  // every rank learns whether any rank failed; the first error is rethrown where it happened
+  std::exception_ptr error;
+  auto agree = [&](const char* what) {
+    if (!multi) {
+      if (error) std::rethrow_exception(error);
+      return;
+    }
+    int64_t failed = error ? 1 : 0;
+    all->all_reduce(&failed, 1, DType::i64, ReduceOp::max);
+    if (error) std::rethrow_exception(error);
+    if (failed) fail("checkpoint", "another rank failed ", what, " of step ", state.step);
+  };
   // 1. every element's moments for this rank's table (ZeRO-1 keeps only a shard)
   std::vector<float> w = to_f32(ps.w.data(), n), m(n, 0.0f), v(n, 0.0f);
   if (!opt.zero) {
@@ -178,58 +254,56 @@ std::string save_checkpoint(const std::string& root, const RunConfig& rc, const 
       std::copy(ve.begin(), ve.end(), v.begin() + n_rep);
     }
   }
-  // 2. rank 0 collects the expert regions of EP ranks 1..ep-1 (world ranks 1..ep-1, EP group 0)
-  std::vector<std::vector<float>> remote(3 * std::max(ep - 1, 0));
-  if (ep > 1) {
-    if (rank == 0) {
-      for (int q = 1; q < ep; ++q)
-        for (int k = 0; k < 3; ++k) {
-          auto& buf = remote[3 * (q - 1) + k];
-          buf.resize(n_exp);
-          g.world->recv(buf.data(), n_exp, DType::f32, q, 100 + k);
-        }
-    } else if (rank < ep) {
-      g.world->send(w.data() + n_rep, n_exp, DType::f32, 0, 100);
-      g.world->send(m.data() + n_rep, n_exp, DType::f32, 0, 101);
-      g.world->send(v.data() + n_rep, n_exp, DType::f32, 0, 102);
-    }
-  }
-  // 3. rank 0 writes; every rank learns whether it worked
-  std::string dir;
-  std::exception_ptr error;
+  // 2. rank 0 makes the temporary directory (--out is on a filesystem every rank sees)
+  const std::string tmp = root + "/" + checkpoint_name(state.step) + ".tmp";
   if (rank == 0) {
     try {
-      std::vector<float> buf = to_f32(ps.buf.data(), table.n_buffer_elements);
-      NamedTensors t;
-      for (const ParamInfo& p : table.params)
-        if (p.expert < 0 || ep == 1)
-          t.items.push_back({p.name, p.shape, w.data() + p.offset, m.data() + p.offset, v.data() + p.offset});
-      std::vector<ParamTable> others;
-      for (int q = 0; q < ep && ep > 1; ++q) {
-        others.push_back(build_param_table(rc.model, q, ep, 1));
-        const ParamTable& tq = others.back();
-        const float* base[3] = {q == 0 ? w.data() + n_rep : remote[3 * (q - 1)].data(),
-                                q == 0 ? m.data() + n_rep : remote[3 * (q - 1) + 1].data(),
-                                q == 0 ? v.data() + n_rep : remote[3 * (q - 1) + 2].data()};
-        for (const ParamInfo& p : tq.params) {
-          if (p.expert < 0) continue;
-          const int64_t at = p.offset - tq.n_replicated;  // padding only ever follows a region
-          t.items.push_back({p.name, p.shape, base[0] + at, base[1] + at, base[2] + at});
-        }
-      }
-      for (const BufferInfo& b : table.buffers) t.items.push_back({b.name, {b.numel}, buf.data() + b.offset, nullptr, nullptr});
-      dir = write_checkpoint_dir(root, rc, t, state, tokenizer_path);
+      std::error_code ec;
+      fs::create_directories(root, ec);
+      UM_CHECK(!ec, "checkpoint", "cannot create ", root, ": ", ec.message());
+      fs::remove_all(tmp, ec);
+      fs::create_directory(tmp, ec);
+      UM_CHECK(!ec, "checkpoint", "cannot create ", tmp, ": ", ec.message());
     } catch (...) {
       error = std::current_exception();
     }
   }
-  if (g.world && g.world->size() > 1) {
-    int64_t failed = error ? 1 : 0;
-    g.world->all_reduce(&failed, 1, DType::i64, ReduceOp::max);
-    if (failed && rank != 0) fail("checkpoint", "rank 0 failed to write the checkpoint of step ", state.step);
+  agree("creating the directory");
+  // 3. the ranks of EP group 0 of each pipeline stage hold the stage's experts once: EP rank q of
+  // stage s writes shard s*ep + q, its experts and its share of the stage's replicated tensors
+  // (the embedding once: the last stage's copy is the first one's). Nothing is gathered to rank 0.
+  const int q = g.world_rank(), n_shards = g.pp_size() * ep, shard = g.pp_rank() * ep + q;
+  const bool copy_of_embedding = g.pp_size() > 1 && g.pp_rank() > 0;
+  if (q < ep) {
+    try {
+      std::vector<float> buf = to_f32(ps.buf.data(), table.n_buffer_elements);
+      const std::vector<int> dense = dense_shards(table, ep);
+      std::vector<SavedTensor> items;
+      size_t k = 0;
+      for (const ParamInfo& p : table.params) {
+        const bool mine = p.expert >= 0 ? true : dense[k++] == q;
+        if (copy_of_embedding && p.component == Component::embedding) continue;
+        if (mine) items.push_back({p.name, p.shape, w.data() + p.offset, m.data() + p.offset, v.data() + p.offset});
+      }
+      for (const BufferInfo& b : table.buffers)
+        if (dense[k++] == q) items.push_back({b.name, {b.numel}, buf.data() + b.offset, nullptr, nullptr});
+      write_shard_files(tmp, items, shard, n_shards, state.adam_step);
+    } catch (...) {
+      error = std::current_exception();
+    }
   }
-  if (error) std::rethrow_exception(error);
-  return rank == 0 ? dir : root + "/" + checkpoint_name(state.step);
+  agree("writing its shard");
+  // 4. rank 0 writes the rest and renames the directory into place
+  std::string dir = root + "/" + checkpoint_name(state.step);
+  if (rank == 0) {
+    try {
+      dir = finish_checkpoint_dir(root, tmp, rc, state, tokenizer_path, ep, g.pp_size());
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  agree("finishing the checkpoint");
+  return dir;
 }
 
 template <class T>
@@ -267,8 +341,10 @@ void prune_checkpoints(const std::string& root, int64_t keep) {
 
 RunConfig read_checkpoint_config(const std::string& dir) {
   UM_CHECK(fs::is_directory(dir), "checkpoint", dir, " is not a checkpoint directory");
-  for (const char* f : {"model.safetensors", "config.json", "ultramoe.json", "trainer_state.json"})
+  for (const char* f : {"config.json", "ultramoe.json", "trainer_state.json"})
     UM_CHECK(fs::exists(dir + "/" + f), "checkpoint", dir, " is missing ", f);
+  UM_CHECK(SafetensorsSet::exists(dir, "model"), "checkpoint", dir,
+           " is missing model.safetensors (or model.safetensors.index.json)");
   const json run = read_json_file(dir + "/ultramoe.json", "checkpoint");
   RunConfig rc = parse_run_config(run);
   json hf = read_json_file(dir + "/config.json", "checkpoint");
@@ -288,10 +364,11 @@ TrainerState read_trainer_state(const std::string& dir) {
 template <class T>
 void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore<T>& ps,
                      const Optimizer* optimizer) {
-  const SafetensorsFile model(dir + "/model.safetensors");
+  const SafetensorsSet model(dir, "model");
+  const std::string& mdesc = model.describe();
   size_t expected = table.params.size() + table.buffers.size();
   for (const ParamInfo& p : table.params) {
-    UM_CHECK(model.has(p.name), "checkpoint", dir, "/model.safetensors: missing tensor ", p.name);
+    UM_CHECK(model.has(p.name), "checkpoint", mdesc, ": missing tensor ", p.name);
     UM_CHECK(model.entry(p.name).dtype == DType::f32, "checkpoint", dir, ": tensor ", p.name,
              " is ", dtype_name(model.entry(p.name).dtype), ", expected F32");
     UM_CHECK(model.entry(p.name).shape == p.shape, "checkpoint", "tensor ", p.name, ": expected ",
@@ -299,17 +376,25 @@ void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore
     model.read_into<T>(p.name, ps.w.data() + p.offset, p.shape);
   }
   for (const BufferInfo& b : table.buffers) {
-    UM_CHECK(model.has(b.name), "checkpoint", dir, "/model.safetensors: missing tensor ", b.name);
+    UM_CHECK(model.has(b.name), "checkpoint", mdesc, ": missing tensor ", b.name);
     model.read_into<T>(b.name, ps.buf.data() + b.offset, {b.numel});
   }
-  if (model.entries().size() != expected) {  // extra tensors: other ranks' experts, or foreign ones
+  if (model.tensors().size() != expected) {  // extra tensors: other ranks' experts, or foreign ones
     const ParamTable full = build_param_table(read_checkpoint_config(dir).model);
-    for (const auto& [name, e] : model.entries())
-      UM_CHECK(full.find(name) || full.find_buffer(name), "checkpoint", dir,
-               "/model.safetensors: unexpected tensor ", name, " (not part of this model)");
+    for (const auto& [name, file] : model.tensors())
+      UM_CHECK(full.find(name) || full.find_buffer(name), "checkpoint", mdesc,
+               ": unexpected tensor ", name, " (not part of this model)");
   }
   if (!optimizer) return;
-  const SafetensorsFile opt(dir + "/optimizer.safetensors");
+  if (!SafetensorsSet::exists(dir, "optimizer")) {
+    // an imported checkpoint (`ultramoe import`): no Adam update yet, so zero moments are exact
+    UM_CHECK(read_trainer_state(dir).adam_step == 0, "checkpoint", dir,
+             " has no optimizer.safetensors but its trainer_state.json counts Adam updates");
+    std::fill(ps.m.data(), ps.m.data() + ps.m.size(), T(0));
+    std::fill(ps.v.data(), ps.v.data() + ps.v.size(), T(0));
+    return;
+  }
+  const SafetensorsSet opt(dir, "optimizer");
   std::vector<T> m, v;
   for (const ParamInfo& p : table.params) {
     m.resize(p.numel);

@@ -1,9 +1,12 @@
-// Checkpoints (DESIGN 6): a directory checkpoints/step_NNNNNNN/ with
-//   model.safetensors      fp32 weights by HF name, (out, in) layout, plus the aux-free biases
+// Checkpoints (design.md 6): a directory checkpoints/step_NNNNNNN/ with
+//   model.safetensors      fp32 weights by HF name, (out, in) layout, plus the aux-free biases;
+//                          or, written by an expert-parallel run, one shard per EP rank
+//                          (model-0000q-of-0000N.safetensors) tied by model.safetensors.index.json
 //   config.json            flat HF-style model config
 //   ultramoe.json          the full resolved run config
 //   tokenizer.model        the SentencePiece model the data was encoded with (when known)
 //   optimizer.safetensors  <param>.exp_avg, <param>.exp_avg_sq (fp32), metadata adam_step
+//                          (sharded like the weights)
 //   trainer_state.json     step, data position, spike-detector windows, counters
 // Written into step_NNNNNNN.tmp/, every file and the directory fsync'ed, renamed, the parent
 // fsync'ed: a crash mid-write never damages an earlier checkpoint. Loading checks every name,
@@ -38,9 +41,11 @@ std::string checkpoint_name(int64_t step);  // "step_0000012"
 
 // Writes root/step_NNNNNNN atomically and returns its path. An existing complete checkpoint of
 // the same step is replaced only after the new one is complete.
-// Distributed (g.world): collective. Rank 0 gathers the experts of the other EP ranks and, under
-// ZeRO-1, the moment shards, and writes one layout-independent checkpoint by name; an error on
-// rank 0 fails the call on every rank.
+// Distributed (g.world): collective. Under ZeRO-1 the moment shards are all-gathered; then the
+// ranks of EP group 0 (which hold every expert once) each write one shard: their experts and a
+// share of the replicated tensors. Nothing is gathered to rank 0, which writes the index and the
+// small files and renames the directory into place. Shards are found by name, so the checkpoint
+// loads on any layout. An error on any rank fails the call on every rank.
 template <class T>
 std::string save_checkpoint(const std::string& root, const RunConfig& rc, const ParamTable& table,
                             const ParamStore<T>& ps, const Optimizer& opt, const TrainerState& state,
@@ -67,7 +72,7 @@ template <class T>
 void load_checkpoint(const std::string& dir, const ParamTable& table, ParamStore<T>& ps,
                      const Optimizer* opt);
 
-// The flat HF-style config.json of a model (DESIGN 1.10).
+// The flat HF-style config.json of a model (design.md 1.10).
 json hf_config_json(const ModelConfig& c);
 
 }  // namespace um

@@ -1,4 +1,4 @@
-// The data pipeline (DESIGN 3): documents from text/JSONL files, the train/validation split,
+// The data pipeline (design.md 3): documents from text/JSONL files, the train/validation split,
 // `ultramoe data prepare` (tokenizer + shards + meta.json), and opening a prepared data
 // directory for training. Include this one header for the whole pipeline: it brings the
 // tokenizer (tokenizer.h), shards (shard.h) and windows (windows.h).
@@ -45,7 +45,7 @@ struct Split {
   std::string rule;  // "document_hash" or "trailing_lines"
 };
 
-// The validation split (DESIGN 3). With at least kMinDocumentsForHashSplit documents, whole
+// The validation split (design.md 3). With at least kMinDocumentsForHashSplit documents, whole
 // documents by hash_picks_validation; when F > 0 but the hash picks none, the document with the
 // smallest hash goes to validation, and when it picks all, the largest stays in training. With
 // fewer documents, the last round(F * lines) lines of each document (at least 1 when F > 0,
@@ -79,7 +79,7 @@ class DataDir {
   const Shard& val() const { return val_; }
   int64_t vocab_size() const { return tokenizer_.vocab_size(); }
 
-  // DESIGN 3: the model's vocabulary must cover the data's (extra rows are never targets).
+  // design.md 3: the model's vocabulary must cover the data's (extra rows are never targets).
   void check_model_vocab(int64_t model_vocab_size) const;
 
  private:

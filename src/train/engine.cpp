@@ -27,7 +27,7 @@ void warn_moge_devices(const RunConfig& rc, int rank) {
   if (rank != 0 || m.topk_method != TopkMethod::moge || devices <= 1 || m.n_group % devices == 0) return;
   std::fprintf(stderr,
                "ultramoe: warning: MoGE balances devices only when their number divides n_group; %lld devices "
-               "(%s) do not divide n_group=%lld, so device loads can differ (DESIGN 1.5)\n",
+               "(%s) do not divide n_group=%lld, so device loads can differ (design.md 1.5)\n",
                (long long)devices, rc.parallel.ep > 1 ? "parallel.ep" : "train.imbalance_devices",
                (long long)m.n_group);
 }

@@ -1,4 +1,4 @@
-// The training engine of one rank: the parallel layout of a run config (DESIGN 4), the
+// The training engine of one rank: the parallel layout of a run config (design.md 4), the
 // parameter table of this rank's experts, the optimizer shard, the device the rank computes
 // on, the flat buffers and the model. `ultramoe train` and `ultramoe bench` build the same
 // Engine. T is the compute type: float on the CPU; float or bf16 (the default) on CUDA.
@@ -39,7 +39,7 @@ struct Engine {
   RunConfig rc;
   Comm* world;
   int W, rank, ep;     // the job's ranks, this rank, the EP group size
-  int pp, pp_rank;     // pipeline stages, this rank's stage (DESIGN 4)
+  int pp, pp_rank;     // pipeline stages, this rank's stage (design.md 4)
   int Wd, dp_rank;     // data-parallel ranks (W / pp) and this rank's index among them
   ParallelLayout layout;
   PipelineLayout pipeline;
@@ -63,7 +63,7 @@ struct Engine {
 // Collects the shared checks of a run config against a world of W ranks (W / pp per stage).
 void check_layout(const RunConfig& rc, int W);
 // A MoGE model whose device count (parallel.ep, or train.imbalance_devices in one process) does
-// not divide n_group: one line on stderr from rank 0 (DESIGN 1.5: IS = 0 is not guaranteed).
+// not divide n_group: one line on stderr from rank 0 (design.md 1.5: IS = 0 is not guaranteed).
 void warn_moge_devices(const RunConfig& rc, int rank);
 
 }  // namespace um

@@ -1,4 +1,4 @@
-// Validation loss (DESIGN 3, 8): every validation token scored exactly once (stride-T windows,
+// Validation loss (design.md 3, 8): every validation token scored exactly once (stride-T windows,
 // the last one padded and masked), main CE only, dropless routing, no MTP.
 #pragma once
 
@@ -22,7 +22,7 @@ struct EvalResult {
 // scores nothing, so the expert-parallel collectives stay matched) and the sums all-reduced.
 // expert_load (optional): per MoE layer, the routing statistics summed over the scored windows
 // (tokens per expert with the biased selection, router entropy), for `eval --expert-stats`.
-// Pipeline parallelism (pipe, DESIGN 4): `world` is the stage's data-parallel group; each window
+// Pipeline parallelism (pipe, design.md 4): `world` is the stage's data-parallel group; each window
 // flows through the pipeline's stages and the last one scores it.
 template <class T>
 EvalResult evaluate(Model<T>& model, ParamStore<T>& ps, const EvalWindows& windows,

@@ -1,7 +1,7 @@
-// metrics.jsonl (DESIGN 8): one JSON object per line, `"kind": "train"` per step and
+// metrics.jsonl (design.md 8): one JSON object per line, `"kind": "train"` per step and
 // `"kind": "eval"` per evaluation. Non-finite numbers are written as null. On --resume the file
 // is first cut back to the lines of steps <= the checkpoint's. Expert-load summaries per MoE
-// layer (DESIGN 1.5, 1.6): tokens per expert, max/mean load, device imbalance IS over
+// layer (design.md 1.5, 1.6): tokens per expert, max/mean load, device imbalance IS over
 // contiguous expert blocks, dropped pairs, router entropy, balance B_l.
 #pragma once
 
@@ -30,7 +30,7 @@ class MetricsLog {
   std::FILE* f_ = nullptr;
 };
 
-// Device imbalance score (DESIGN 1.5): loads summed over `devices` contiguous expert blocks,
+// Device imbalance score (design.md 1.5): loads summed over `devices` contiguous expert blocks,
 // (max - min) / tokens.
 double imbalance_score(const std::vector<int64_t>& load, int64_t devices, int64_t tokens);
 

@@ -9,7 +9,7 @@ namespace um {
 std::vector<DecayRun> decay_runs(const ParamTable& t, bool decay_norms) {
   std::vector<DecayRun> runs;
   for (const ParamInfo& p : t.params) {
-    // DESIGN 2: decay on every 2-D weight; norm gains only with weight_decay_norms; never on
+    // design.md 2: decay on every 2-D weight; norm gains only with weight_decay_norms; never on
     // 1-D non-norm tensors (router_scale)
     const bool decay = p.decay || (decay_norms && p.is_norm());
     if (!runs.empty() && runs.back().decay == decay && runs.back().end == p.offset)

@@ -1,7 +1,7 @@
-// The optimizer step over the flat parameter buffers (DESIGN 2): AdamW with decoupled weight
+// The optimizer step over the flat parameter buffers (design.md 2): AdamW with decoupled weight
 // decay on 2-D weights only, optionally ZeRO-1 (each rank keeps the Adam moments of one shard of
 // the replicated region and of its expert region, updates only that shard, and the updated
-// weights are all-gathered), and the aux-loss-free bias update of DESIGN 1.6.
+// weights are all-gathered), and the aux-loss-free bias update of design.md 1.6.
 #pragma once
 
 #include <cstdint>

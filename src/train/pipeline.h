@@ -1,4 +1,4 @@
-// Pipeline parallelism (DESIGN 4, docs/pipeline.md). The model is cut into pp x vpp virtual
+// Pipeline parallelism (design.md 4, docs/pipeline.md). The model is cut into pp x vpp virtual
 // stages of consecutive units (unit 0 the embedding, 1..L the main layers, L+1 the tail: final
 // norm, LM head, MTP); virtual stage v runs on pipeline rank v % pp as its chunk v / pp. A rank
 // follows its 1F1B or interleaved 1F1B schedule (parallel/schedule.h): a forward receives its

@@ -187,8 +187,9 @@ RunConfig parse_run_config(const json& j, int world) {
   rc.parallel = parse_parallel(j.contains("parallel") ? j["parallel"] : json::object());
   const TrainConfig& t = rc.train;
   const ParallelConfig& pc = rc.parallel;
-  UM_CHECK(world % pc.pp == 0, "config", "parallel.pp=", pc.pp, " must divide the number of ranks, ", world);
-  const int64_t data_ranks = pc.data_ranks(world);
+  const bool layout = world > 0;
+  UM_CHECK(!layout || world % pc.pp == 0, "config", "parallel.pp=", pc.pp, " must divide the number of ranks, ", world);
+  const int64_t data_ranks = layout ? pc.data_ranks(world) : 1;
   UM_CHECK(t.batch_size % (t.micro_batch_size * data_ranks) == 0, "config", "train.batch_size=", t.batch_size,
            " must be a multiple of micro_batch_size=", t.micro_batch_size, " x data-parallel ranks=", data_ranks,
            pc.pp > 1 ? " (ranks / parallel.pp)" : "");
@@ -196,7 +197,7 @@ RunConfig parse_run_config(const json& j, int world) {
     UM_CHECK(pc.pp > 1, "config", "parallel.vpp=", pc.vpp, " needs parallel.pp > 1 (virtual stages interleave across "
              "pipeline ranks)");
     const int64_t micro = t.batch_size / t.micro_batch_size / data_ranks;
-    UM_CHECK(pc.vpp == 1 || micro % pc.pp == 0, "config", "parallel.vpp=", pc.vpp,
+    UM_CHECK(!layout || pc.vpp == 1 || micro % pc.pp == 0, "config", "parallel.vpp=", pc.vpp,
              ": the interleaved schedule needs the micro-batches per step (", micro,
              ") to be a multiple of parallel.pp=", pc.pp);
     for (int64_t n : pc.pp_layers) UM_CHECK(n >= 0, "config", "parallel.pp_layers: negative layer count ", n);

@@ -1,4 +1,4 @@
-// The run configuration (DESIGN 8): one JSON object with sections `model` (DESIGN 1.1), `train`,
+// The run configuration (design.md 8): one JSON object with sections `model` (design.md 1.1), `train`,
 // `data` and `parallel`, overridable with `--set section.key=value`. Strict: unknown keys and
 // wrong types are errors naming the key. The resolved config (every default filled in) is
 // printed at start and saved with every checkpoint.
@@ -17,7 +17,7 @@ namespace um {
 
 // A value that may change with the optimizer step: a number, or [[step, value], ...] —
 // piecewise constant, each value applying from its step on; before the first listed step, the
-// first value (DESIGN 1.10).
+// first value (design.md 1.10).
 struct StepSchedule {
   std::vector<std::pair<int64_t, double>> points;  // sorted by step; one point = constant
   double at(int64_t step) const;
@@ -88,15 +88,17 @@ struct RunConfig {
   json to_json() const;             // resolved, every key present
 };
 
-// Parses a run config object (after overrides). `world` is the number of ranks (for checks that
-// depend on it, e.g. batch_size divisible by micro_batch_size * world).
-RunConfig parse_run_config(const json& j, int world = 1);
+// Parses a run config object (after overrides). `world` is the number of ranks of the run that
+// uses it (for checks that depend on it: parallel.pp divides it, batch_size divisible by
+// micro_batch_size x data-parallel ranks); 0 for a config read back from a checkpoint or used
+// without a run, whose layout is not checked against any world (one data-parallel rank).
+RunConfig parse_run_config(const json& j, int world = 0);
 
 // Reads FILE, applies `--set` overrides in order, parses.
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides,
-                          int world = 1);
+                          int world = 0);
 
-// The learning rate of optimizer step s (DESIGN 8); a function of s only.
+// The learning rate of optimizer step s (design.md 8); a function of s only.
 double learning_rate(const TrainConfig& t, int64_t step);
 
 const char* lr_schedule_name(LrSchedule s);

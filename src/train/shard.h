@@ -1,4 +1,4 @@
-// Token shards (DESIGN 3): a 64-byte header then the token ids, little-endian, memory-mapped for
+// Token shards (design.md 3): a 64-byte header then the token ids, little-endian, memory-mapped for
 // reading. Also the two file utilities the data directory needs: SHA-256 (OpenSSL EVP) and
 // atomic file replacement (tmp file + fsync + rename + fsync of the directory).
 // Not here: what the tokens mean (tokenizer.h), how they are cut into windows (windows.h).

@@ -1,4 +1,4 @@
-// Gradient- and loss-spike detection (DESIGN 2). A step is a gradient spike if its grad norm
+// Gradient- and loss-spike detection (design.md 2). A step is a gradient spike if its grad norm
 // exceeds grad_spike_factor x the median of the previous spike_window applied steps; a loss spike
 // likewise on the main CE with loss_spike_factor. The first spike_window steps are not counted.
 // rate = spikes / counted steps. Pangu's own definition is unpublished (it reported 1.54% ->

@@ -37,7 +37,7 @@ void step_scales(StepScales& sc, const ModelConfig& c, const TrainConfig& tc, co
                  std::vector<int64_t>& n, std::vector<int32_t>& eos) {
   const int64_t depth = c.num_nextn_predict_layers;
   count_valid_targets(n, eos, windows, n_local, T, depth);
-  if (g.world) g.world->sum(n);  // DESIGN 1.8: all-reduced once per step
+  if (g.world) g.world->sum(n);  // design.md 1.8: all-reduced once per step
   sc.n_main = double(n[0]);
   sc.n_mtp.resize(depth);
   for (int64_t k = 1; k <= depth; ++k) sc.n_mtp[k - 1] = double(n[k]);
@@ -146,7 +146,7 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
       a.margin_min = std::min(a.margin_min, b.margin_min);
     }
   };
-  if (g.pipe) {  // this rank's chunks, in its schedule's order (DESIGN 4, train/pipeline.h)
+  if (g.pipe) {  // this rank's chunks, in its schedule's order (design.md 4, train/pipeline.h)
     pipeline_run<T>(model, ps, windows, m, n_local / m, sc, true, *g.pipe, out.scratch.pipe, ctx,
                     [&add](int64_t, const MicroResult& r) { add(r); });
   } else {
@@ -164,7 +164,7 @@ void accumulate_step(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const
     reduce_stats(out, ce_main, *all);
   }
 
-  // losses (DESIGN 1.8): every term divided by its global count
+  // losses (design.md 1.8): every term divided by its global count
   out.loss = sc.n_main > 0 ? ce_main / sc.n_main : 0.0;
   for (int64_t k = 0; k < depth; ++k) {
     out.mtp_ce[k] = sc.n_mtp[k] > 0 ? out.mtp_ce[k] / sc.n_mtp[k] : 0.0;
@@ -222,7 +222,7 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
     return s;
   };
 
-  // gradient reductions (plain sums, DESIGN 1.8) and the squared norm, every element once
+  // gradient reductions (plain sums, design.md 1.8) and the squared norm, every element once
   double ss = 0;
   if (!opt.zero) {
     if (out.reduce_started) {  // started during the backward; every replicated tensor exactly once
@@ -276,7 +276,7 @@ void apply_update(StepOutcome& out, Model<T>& model, ParamStore<T>& ps, const Op
   comm.reset();
   out.grad_norm = std::sqrt(ss);
 
-  // non-finite: decided on the global norm, so every rank agrees (DESIGN 2)
+  // non-finite: decided on the global norm, so every rank agrees (design.md 2)
   if (!std::isfinite(out.grad_norm) || !std::isfinite(out.loss_total)) {
     out.skipped = true;
     return;

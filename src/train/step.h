@@ -1,4 +1,4 @@
-// One optimizer step (DESIGN 1.8, 2, 4): the micro-batches this rank runs, each a forward +
+// One optimizer step (design.md 1.8, 2, 4): the micro-batches this rank runs, each a forward +
 // backward whose loss terms are pre-divided by the global counts, so gradients just add; then
 // the gradient reductions (dense over all ranks, experts over the ranks holding them; plain
 // sums), the global gradient norm with every parameter counted once, the non-finite check,
@@ -20,7 +20,7 @@ namespace um {
 struct StepOutcome {
   int64_t step = 0;
   double lr = 0;
-  double loss = 0;         // main CE (DESIGN 1.8)
+  double loss = 0;         // main CE (design.md 1.8)
   double loss_mtp = 0;     // (lambda/D) sum_k CE^k
   std::vector<double> mtp_ce;
   double loss_bal = 0;     // alpha sum_l mean_pools B_l
@@ -33,7 +33,7 @@ struct StepOutcome {
   std::vector<double> balance;  // per MoE layer: mean over pools of B_l (without alpha)
   int64_t n_main = 0;
   std::vector<int64_t> n_mtp;
-  // dense-gradient all-reduces started during the last micro-batch's backward (DESIGN 4)
+  // dense-gradient all-reduces started during the last micro-batch's backward (design.md 4)
   std::vector<Request> pending;
   int64_t pending_elements = 0;
   bool reduce_started = false;
@@ -49,7 +49,7 @@ struct StepOutcome {
   } scratch;
 };
 
-// Balance pools in a step of B global sequences (DESIGN 1.6).
+// Balance pools in a step of B global sequences (design.md 1.6).
 double pools_per_step(const TrainConfig& tc, int64_t world, int64_t ep);
 
 // Scales of a step: the target counts of this rank's windows (n_local sequences), summed over

@@ -200,6 +200,21 @@ std::string Tokenizer::piece(int32_t id) const {
   return sp_->IdToPiece(id);
 }
 
+Tokenizer::PieceKind Tokenizer::piece_kind(int32_t id) const {
+  piece(id);  // checks the range
+  if (sp_->IsUnknown(id)) return PieceKind::unknown;
+  if (sp_->IsControl(id)) return PieceKind::control;
+  if (sp_->IsByte(id)) return PieceKind::byte;
+  // the only user-defined symbols are the chat roles, at fixed ids (checked on load)
+  if (id >= kFirstRoleId && id < kFirstRoleId + int32_t(kRoleSymbols.size())) return PieceKind::user_defined;
+  return PieceKind::normal;
+}
+
+float Tokenizer::piece_score(int32_t id) const {
+  piece(id);
+  return sp_->GetScore(id);
+}
+
 Tokenizer train_tokenizer(std::span<const std::string_view> texts,
                           const TokenizerTrainOptions& options) {
   // Lines (cut to kMaxTrainingLine) are SentencePiece's sentences; empty lines carry nothing.

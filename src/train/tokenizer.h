@@ -1,4 +1,4 @@
-// The tokenizer (DESIGN 3): a SentencePiece BPE model, used and trained through the SentencePiece
+// The tokenizer (design.md 3): a SentencePiece BPE model, used and trained through the SentencePiece
 // C++ library. Training settings make decode(encode(x)) == x for any valid UTF-8 text: byte
 // fallback, full character coverage, identity normalisation, no dummy prefix, whitespace kept.
 // Fixed ids: unk 0, bos 1, eos 2, pad 3, then the chat-role symbols <|system|> 4, <|user|> 5,
@@ -58,6 +58,11 @@ class Tokenizer {
   // The id of a piece, or -1 when the vocabulary does not have it.
   int32_t piece_id(std::string_view piece) const;
   std::string piece(int32_t id) const;
+  // What a piece is and its score (BPE: higher merges first), for writing the vocabulary in
+  // other formats (the Hugging Face tokenizer.json of `ultramoe export`).
+  enum class PieceKind : uint8_t { normal, control, unknown, user_defined, byte };
+  PieceKind piece_kind(int32_t id) const;
+  float piece_score(int32_t id) const;
 
   // The serialized model (exactly the bytes of tokenizer.model) and their SHA-256.
   const std::string& model_bytes() const { return model_bytes_; }

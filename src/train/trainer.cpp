@@ -34,7 +34,7 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
-// Keys that may differ between a checkpoint and a resumed run (DESIGN 8).
+// Keys that may differ between a checkpoint and a resumed run (design.md 8).
 bool may_change_on_resume(const std::string& section, const std::string& key, const json& saved) {
   if (section == "train")
     return key == "steps" || key == "checkpoint_every" || key == "keep_checkpoints" ||
@@ -112,7 +112,7 @@ int train(const TrainOptions& opt, const Placement& placement) {
   const int ep = int(rc.parallel.ep);
   check_layout(rc, W);
 
-  // --resume / fresh start rules (DESIGN 8)
+  // --resume / fresh start rules (design.md 8)
   const std::string latest = latest_checkpoint(ckpt_root);
   if (opt.resume) {
     UM_CHECK(!latest.empty(), "train", "--resume: no complete checkpoint in ", ckpt_root);
@@ -135,7 +135,7 @@ int train(const TrainOptions& opt, const Placement& placement) {
   TrainWindows train_windows(data.train(), T_, tc.seed);
   EvalWindows val_windows(data.val(), T_);
 
-  // the layout: EP groups, expert-data-parallel groups, balance pools (DESIGN 4, 1.6)
+  // the layout: EP groups, expert-data-parallel groups, balance pools (design.md 4, 1.6)
   Engine<T> engine(rc, *world, placement.device);
   const bool zero = rc.parallel.zero == 1;
   const StepGroups& groups = engine.groups;
@@ -156,6 +156,17 @@ int train(const TrainOptions& opt, const Placement& placement) {
 
   if (opt.resume) {
     const RunConfig saved = read_checkpoint_config(latest);
+    // data.path may change on resume, the tokenizer may not: the ids would mean other text
+    // (design.md 3, 6: the checkpoint keeps tokenizer.model, shards carry its SHA-256)
+    if (fs::exists(latest + "/tokenizer.model")) {
+      const Tokenizer saved_tok = Tokenizer::load(latest + "/tokenizer.model");
+      UM_CHECK(saved_tok.sha256() == data.tokenizer().sha256(), "resume", "the data in ", data.path(),
+               " was encoded with another tokenizer (SHA-256 ", to_hex(data.tokenizer().sha256()).substr(0, 16),
+               "...) than the checkpoint's ", latest, "/tokenizer.model (", to_hex(saved_tok.sha256()).substr(0, 16),
+               "...)");
+    } else {
+      say("note: %s has no tokenizer.model; the data's tokenizer cannot be checked against it\n", latest.c_str());
+    }
     state = read_trainer_state(latest);
     check_resume_compatible(saved.to_json(), rc.to_json(),
                             int(state.counters.value("data_ranks", state.counters.value("world", int64_t{Wd}))), Wd);
@@ -244,7 +255,7 @@ int train(const TrainOptions& opt, const Placement& placement) {
     if (stop) break;
     ++step;
     const auto t0 = clock::now();
-    // this rank's sequences: the canonical placement, or the attention-balanced one (DESIGN 3)
+    // this rank's sequences: the canonical placement, or the attention-balanced one (design.md 3)
     double attn_balanced = 1, attn_canonical = 1;
     if (Wd == 1) {
       train_windows.fill(step, B, 0, B, local_batch.data());

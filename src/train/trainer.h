@@ -1,4 +1,4 @@
-// `ultramoe train` (DESIGN 8): the training loop around the step — data, initialisation or
+// `ultramoe train` (design.md 8): the training loop around the step — data, initialisation or
 // resume, progress, metrics.jsonl, periodic evaluation and checkpoints, spike detection, and a
 // clean stop on SIGINT/SIGTERM (finish the step, checkpoint, exit 0).
 #pragma once

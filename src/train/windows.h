@@ -1,17 +1,17 @@
-// Training and evaluation windows over a token shard (DESIGN 3, 1.8).
+// Training and evaluation windows over a token shard (design.md 3, 1.8).
 //
 // A window is T+1 consecutive ids x_0..x_T (T = data.seq_len): inputs x_0..x_{T-1}, targets
 // x_1..x_T. Window w starts at token w*T, so consecutive windows share one token.
 //
 // Training order: the windows of one epoch are a seeded permutation (Fisher-Yates driven by
 // Philox keyed by (seed, "data.epoch.<e>")); the running order is epoch 0's permutation, then
-// epoch 1's, and so on. Optimizer steps are numbered from 1 (DESIGN 8), and step s with global
-// batch B takes positions [(s-1)*B, s*B) of the running order (DESIGN 3 writes [s*B, (s+1)*B) for
-// 0-based steps: the first step takes the first B windows either way). A batch may straddle two
+// epoch 1's, and so on. Optimizer steps are numbered from 1 (design.md 8), and step s with global
+// batch B takes positions [(s-1)*B, s*B) of the running order (design.md 3): the first step takes
+// the first B windows. A batch may straddle two
 // epochs. Every window is a pure function of (shard, T, seed, step, B, index), which is what makes
 // a resumed run see exactly the batches of an uninterrupted one.
 //
-// Not here: document masks and positions (the model derives them from EOS, DESIGN 1.8), which
+// Not here: document masks and positions (the model derives them from EOS, design.md 1.8), which
 // rank or micro-batch takes which slice of a step (the trainer calls fill with its slice).
 #pragma once
 
@@ -63,7 +63,7 @@ class TrainWindows {
 // Validation windows: every token after the first is a target of exactly one window. Window i
 // holds tokens [i*T, i*T + T] with stride T; the last one is padded with pad_id past the end of
 // the shard, and valid_targets(i) says how many of its T targets are real (targets at positions
-// 0..valid-1 count; padded positions never do). The document rule of DESIGN 1.8 (no target
+// 0..valid-1 count; padded positions never do). The document rule of design.md 1.8 (no target
 // across an EOS) still applies on top, in the loss.
 class EvalWindows {
  public:

@@ -1,8 +1,12 @@
-// Core layer: dtype conversion, RNG properties, arena, errors, CLI argument parsing.
+// Core layer: dtype conversion, RNG properties, arena, errors, CLI argument parsing, safetensors
+// files and shard sets.
 #include <gtest/gtest.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <vector>
 
@@ -12,6 +16,7 @@
 #include "core/error.h"
 #include "core/json_reader.h"
 #include "core/rng.h"
+#include "core/safetensors.h"
 #include "core/tensor.h"
 
 namespace um {
@@ -180,6 +185,61 @@ TEST(JsonReader, Overrides) {
   EXPECT_EQ(j["parallel"]["ep"], 2);
   EXPECT_THROW(apply_override(j, "novalue"), Error);
   EXPECT_THROW(apply_override(j, "train.lr.x=1"), Error);
+}
+
+// Shards tied by an index read like one file, by name (memory-mapped, converted on read); an
+// index that names a missing file, or a tensor its file lacks, is an error naming both.
+TEST(Safetensors, ShardSetsReadByNameAndCheckTheIndex) {
+  namespace fs = std::filesystem;
+  const std::string dir = (fs::temp_directory_path() / ("um_st_" + std::to_string(::getpid()))).string();
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::vector<float> a = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, -1.0f};
+  std::vector<uint16_t> b(4);
+  for (int i = 0; i < 4; ++i) b[i] = bf16::from_float(0.5f * float(i) - 1.0f).bits;
+  SafetensorsWriter w1, w2;
+  w1.add("a", DType::f32, {2, 3}, a.data());
+  w2.add("b", DType::bf16, {4}, b.data());
+  w1.write(dir + "/" + shard_file_name("model", 1, 2), false);
+  w2.write(dir + "/" + shard_file_name("model", 2, 2), false);
+  EXPECT_EQ(shard_file_name("model", 2, 2), "model-00002-of-00002.safetensors");
+  write_safetensors_index(dir + "/model.safetensors.index.json",
+                          {{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}},
+                          6 * 4 + 4 * 2, false);
+  ASSERT_TRUE(SafetensorsSet::exists(dir, "model"));
+  {
+    SafetensorsSet set(dir, "model");
+    EXPECT_TRUE(set.sharded());
+    EXPECT_EQ(set.tensors().size(), 2u);
+    std::vector<float> ra(6), rb(4);
+    set.read_into<float>("a", ra.data(), {2, 3});
+    set.read_into<float>("b", rb.data(), {4});
+    EXPECT_EQ(ra, a);
+    EXPECT_EQ(rb, (std::vector<float>{-1.0f, -0.5f, 0.0f, 0.5f}));
+    EXPECT_THROW(set.read_into<float>("a", ra.data(), {3, 2}), Error);  // shape checked
+    EXPECT_THROW(set.entry("c"), Error);
+  }
+  auto error_of = [&] {
+    try {
+      SafetensorsSet set(dir, "model");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  write_safetensors_index(dir + "/model.safetensors.index.json",
+                          {{"a", "model-00001-of-00002.safetensors"}, {"c", "model-00002-of-00002.safetensors"}}, 0, false);
+  EXPECT_NE(error_of().find("tensor c is not in model-00002-of-00002.safetensors"), std::string::npos) << error_of();
+  write_safetensors_index(dir + "/model.safetensors.index.json", {{"a", "model-00009-of-00009.safetensors"}}, 0, false);
+  EXPECT_NE(error_of().find("lists model-00009-of-00009.safetensors, which is missing"), std::string::npos) << error_of();
+  std::ofstream(dir + "/model.safetensors.index.json") << "{\"weight_map\": {\"a\": \"../x\"}}";
+  EXPECT_NE(error_of().find("is not a file name"), std::string::npos) << error_of();
+  // a truncated shard is caught when its header is read
+  w1.write(dir + "/model.safetensors", false);
+  fs::remove(dir + "/model.safetensors.index.json");
+  fs::resize_file(dir + "/model.safetensors", fs::file_size(dir + "/model.safetensors") - 4);
+  EXPECT_NE(error_of().find("truncated"), std::string::npos) << error_of();
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // Data pipeline: tokenizer round trip and ids, shard format and its validation, training and
-// eval windows, the validation split, and `ultramoe data prepare` through the binary.
+// eval windows, the validation split, and `ultramoe data prepare` through the binary; the pieces
+// of the Hugging Face export/import that need no Python (config mapping, rope row order,
+// tokenizer.json; the end-to-end check against transformers is tests/interop).
 // Tokenizers are trained on small synthetic text generated here (never on the Austen corpus),
 // in a temporary directory, so the whole file runs in seconds.
 #include <gtest/gtest.h>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -18,6 +21,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "train/data.h"
+#include "train/hf.h"
 
 namespace um {
 namespace {
@@ -795,6 +799,129 @@ TEST(DataPrepare, BadInputIsOneClearLine) {
   r = run_binary(dir, {"data", "prepare", "--help"});
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.out.find("usage: ultramoe data prepare --input PATH... --out DIR"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face interop pieces
+
+ModelConfig exportable_model() {
+  json m = {{"vocab_size", 512}, {"hidden_size", 32}, {"num_hidden_layers", 2}, {"num_attention_heads", 2},
+            {"kv_lora_rank", 8}, {"qk_nope_head_dim", 2}, {"qk_rope_head_dim", 4}, {"v_head_dim", 4},
+            {"q_lora_rank", 8}, {"first_k_dense_replace", 1}, {"intermediate_size", 64},
+            {"moe_intermediate_size", 16}, {"n_routed_experts", 4}, {"n_shared_experts", 1},
+            {"num_experts_per_tok", 2}, {"sandwich_norm", false}, {"num_nextn_predict_layers", 1}};
+  return parse_model_config(m);
+}
+
+// File row r holds model row perm[r]: rotate-half pair (j, j+d/2) becomes interleaved (2j, 2j+1),
+// head by head, after the nope rows; the latent rows of kv_a_proj_with_mqa stay in place.
+TEST(HfInterop, RopeRowsInterleaveHeadByHead) {
+  const ModelConfig c = exportable_model();
+  const std::vector<int64_t> q = rope_row_permutation("model.layers.0.self_attn.q_b_proj.weight", c);
+  // per head: 2 nope rows, then rope rows 0,1,2,3 (pairs (0,2), (1,3)) stored as 0,2,1,3
+  EXPECT_EQ(q, (std::vector<int64_t>{0, 1, 2, 4, 3, 5, 6, 7, 8, 10, 9, 11}));
+  const std::vector<int64_t> kv = rope_row_permutation("model.layers.2.self_attn.kv_a_proj_with_mqa.weight", c);
+  ASSERT_EQ(kv.size(), 12u);
+  EXPECT_EQ(std::vector<int64_t>(kv.begin(), kv.begin() + 8), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(std::vector<int64_t>(kv.begin() + 8, kv.end()), (std::vector<int64_t>{8, 10, 9, 11}));
+  EXPECT_TRUE(rope_row_permutation("model.layers.0.self_attn.kv_b_proj.weight", c).empty());
+  EXPECT_TRUE(rope_row_permutation("model.layers.0.self_attn.o_proj.weight", c).empty());
+  std::vector<int64_t> seen = q;  // a permutation
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], int64_t(i));
+}
+
+TEST(HfInterop, ConfigsMapAndRefuse) {
+  ModelConfig c = exportable_model();
+  EXPECT_TRUE(deepseek_v3_blockers(c).empty());
+  const json hf = deepseek_v3_config(c, DType::bf16);
+  EXPECT_EQ(hf["model_type"], "deepseek_v3");
+  EXPECT_EQ(hf["rope_interleave"], true);
+  EXPECT_EQ(hf["num_key_value_heads"], 2);
+  EXPECT_EQ(hf["n_group"], 1);  // greedy routing is one group
+  EXPECT_EQ(hf["dtype"], "bfloat16");
+  EXPECT_EQ(hf["q_lora_rank"], 8);
+  // and back: DeepSeek-V3 routes with the bias, group-limited
+  const ModelConfig back = model_config_from_hf(hf, "config.json");
+  EXPECT_EQ(back.topk_method, TopkMethod::group_limited);
+  EXPECT_TRUE(back.aux_free_bias);
+  EXPECT_EQ(back.hidden_size, c.hidden_size);
+  EXPECT_EQ(back.num_nextn_predict_layers, 1);
+  EXPECT_TRUE(hf_rope_interleaved(hf));
+
+  ModelConfig dssn = c;
+  dssn.sandwich_norm = true;
+  dssn.scoring_func = ScoreFunc::softmax;
+  const std::vector<std::string> why = deepseek_v3_blockers(dssn);
+  ASSERT_EQ(why.size(), 2u);
+  EXPECT_NE(why[0].find("sandwich norm"), std::string::npos);
+  EXPECT_NE(why[1].find("softmax"), std::string::npos);
+
+  json yarn = hf;
+  yarn["rope_scaling"] = {{"type", "yarn"}, {"factor", 40}};
+  EXPECT_ERROR_HAS(model_config_from_hf(yarn, "c.json"), "YaRN");
+  json kvh = hf;
+  kvh["num_key_value_heads"] = 1;
+  EXPECT_ERROR_HAS(model_config_from_hf(kvh, "c.json"), "num_key_value_heads 1");
+  json llama = hf;
+  llama["model_type"] = "llama";
+  EXPECT_ERROR_HAS(model_config_from_hf(llama, "c.json"), "model_type \"llama\" is not supported");
+  json v2 = hf;
+  v2["model_type"] = "deepseek_v2";
+  v2.erase("topk_method");
+  v2.erase("scoring_func");
+  v2["norm_topk_prob"] = false;
+  const ModelConfig m2 = model_config_from_hf(v2, "c.json");
+  EXPECT_EQ(m2.scoring_func, ScoreFunc::softmax);
+  EXPECT_EQ(m2.topk_method, TopkMethod::greedy);
+  EXPECT_FALSE(m2.aux_free_bias);
+  v2["topk_method"] = "group_limited_greedy";
+  v2["n_group"] = 2;
+  v2["topk_group"] = 1;
+  EXPECT_ERROR_HAS(model_config_from_hf(v2, "c.json"), "ranks groups by their best expert");
+  v2["topk_group"] = 2;  // every group kept: plain greedy
+  EXPECT_EQ(model_config_from_hf(v2, "c.json").topk_method, TopkMethod::greedy);
+  v2["norm_topk_prob"] = true;
+  EXPECT_ERROR_HAS(model_config_from_hf(v2, "c.json"), "ambiguous");
+}
+
+// tokenizer.json: every piece in the vocabulary at its id, the fixed ids as added tokens, and
+// merge rules whose two halves make a piece, best-scoring pieces first.
+TEST(HfInterop, TokenizerJsonHoldsVocabMergesAndSpecials) {
+  const Tokenizer& tok = small_tokenizer();
+  const json j = json::parse(hf_tokenizer_json(tok));
+  const json& vocab = j["model"]["vocab"];
+  ASSERT_EQ(int64_t(vocab.size()), tok.vocab_size());
+  for (int32_t i = 0; i < tok.vocab_size(); ++i) EXPECT_EQ(vocab[tok.piece(i)], i);
+  EXPECT_EQ(j["model"]["byte_fallback"], true);
+  std::map<int, bool> special;
+  for (const json& a : j["added_tokens"]) special[a["id"].get<int>()] = a["special"].get<bool>();
+  EXPECT_EQ(special, (std::map<int, bool>{{0, true}, {1, true}, {2, true}, {3, true},
+                                          {4, false}, {5, false}, {6, false}, {7, false}}));
+  const json& merges = j["model"]["merges"];
+  ASSERT_GT(merges.size(), 100u);
+  float prev = std::numeric_limits<float>::infinity();
+  for (const json& m : merges) {
+    const std::string rule = m.get<std::string>();
+    const size_t sp = rule.find(' ');
+    ASSERT_NE(sp, std::string::npos) << rule;
+    const std::string merged = rule.substr(0, sp) + rule.substr(sp + 1);
+    ASSERT_TRUE(vocab.contains(merged)) << rule;
+    const float score = tok.piece_score(vocab[merged].get<int32_t>());
+    EXPECT_LE(score, prev) << rule;
+    prev = score;
+  }
+  EXPECT_EQ(j["normalizer"]["content"], "\xE2\x96\x81");
+}
+
+TEST(HfInterop, ByteSizes) {
+  EXPECT_EQ(parse_byte_size("5GB", "x"), 5000000000u);
+  EXPECT_EQ(parse_byte_size("200MB", "x"), 200000000u);
+  EXPECT_EQ(parse_byte_size("64kb", "x"), 64000u);
+  EXPECT_EQ(parse_byte_size("2GiB", "x"), 2147483648u);
+  EXPECT_EQ(parse_byte_size("1000", "x"), 1000u);
+  EXPECT_ERROR_HAS(parse_byte_size("lots", "--max-shard-size"), "--max-shard-size");
+  EXPECT_ERROR_HAS(parse_byte_size("5TB", "--max-shard-size"), "expected a size");
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Generation with the cached decoder: the same tokens as the full-recompute path, batched equal to
 // one at a time (greedy and sampled, plain and speculative), speculative greedy equal to plain
 // greedy, and the exact speculative sampling rule giving the plain sampling distribution.
-// All in f64, where the paths differ by round-off only (DESIGN 1.9): equal tokens are exact
+// All in f64, where the paths differ by round-off only (design.md 1.9): equal tokens are exact
 // expectations there, not tolerances.
 #include <gtest/gtest.h>
 

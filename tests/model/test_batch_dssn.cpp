@@ -1,5 +1,5 @@
-// Windows -> model inputs (DESIGN 1.8: documents, positions, targets, MTP validity), and the
-// DSSN "auto" calibration (DESIGN 1.2).
+// Windows -> model inputs (design.md 1.8: documents, positions, targets, MTP validity), and the
+// DSSN "auto" calibration (design.md 1.2).
 #include <gtest/gtest.h>
 
 #include <cmath>

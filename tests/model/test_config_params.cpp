@@ -1,5 +1,5 @@
 // Model config validation, the parameter table (names, counts of the published geometries),
-// and initialisation (DESIGN 1.1, 1.3, 7).
+// and initialisation (design.md 1.1, 1.3, 7).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -146,11 +146,11 @@ TEST(ParamCounts, PublishedGeometries) {
     json j = read_json_file(std::string(ULTRAMOE_SOURCE_DIR) + "/configs/" + file);
     return count_params(parse_model_config(j["model"]));
   };
-  // Pangu Ultra MoE: 718B total / 39B active (paper), DESIGN 7: 719.1B / 39.2B
+  // Pangu Ultra MoE: 718B total / 39B active (paper), design.md 7: 719.1B / 39.2B
   ParamCounts p = counts("pangu-ultra-moe-718b.json");
   EXPECT_NEAR(p.total / 1e9, 719.1, 0.05);
   EXPECT_NEAR(p.active / 1e9, 39.2, 0.05);
-  // DeepSeek-V3: 671B / 37B (paper), DESIGN 7: 671.0B / 36.6B
+  // DeepSeek-V3: 671B / 37B (paper), design.md 7: 671.0B / 36.6B
   ParamCounts d = counts("deepseek-v3-671b.json");
   EXPECT_NEAR(d.total / 1e9, 671.0, 0.05);
   EXPECT_NEAR(d.active / 1e9, 36.6, 0.05);

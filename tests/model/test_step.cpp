@@ -97,7 +97,7 @@ namespace um::test {
 namespace {
 
 // Selective recomputation rebuilds activations with the forward's own ops: the gradients are
-// bit-identical to keeping them, for every module set, in f32 and f64 (DESIGN 2).
+// bit-identical to keeping them, for every module set, in f32 and f64 (design.md 2).
 template <class T>
 void check_recompute(const std::string& name) {
   const Golden g(name);
@@ -141,7 +141,7 @@ TEST(Recompute, RejectsUnknownModules) {
 namespace um::test {
 namespace {
 
-// DESIGN 1.6: the `sequence` scope depends on no layout — the same global batch split into
+// design.md 1.6: the `sequence` scope depends on no layout — the same global batch split into
 // micro-batches of 1, 2 or 4 sequences gives the same losses and gradients (up to summation
 // order); the micro_batch scope does depend on the split, as it should.
 TEST(BalanceScope, SequenceScopeIgnoresTheMicroBatchSplit) {

@@ -98,7 +98,7 @@ TEST_F(TrainCli, LossFallsAndEvalSampleInspectWork) {
   EXPECT_EQ(ij["checkpoint"]["expert_load"].size(), 2u);  // one MoE main layer + the MTP layer
 }
 
-// The steady-state training step does not allocate (DESIGN 7; counted by the binary's operator
+// The steady-state training step does not allocate (design.md 7; counted by the binary's operator
 // new), dropless or in capacity mode, and bench reports what it measured.
 TEST_F(TrainCli, SteadyStateStepDoesNotAllocate) {
   for (const std::string extra : {"", " --set train.capacity_factor=1.25 --set train.z_loss_coef=0.01"}) {
@@ -182,7 +182,7 @@ TEST_F(TrainCli, SigtermFinishesTheStepAndCheckpoints) {
   EXPECT_TRUE(fs::exists(out + name + "/model.safetensors")) << name;
 }
 
-// MoGE guarantees equal device loads only when the device count divides n_group (DESIGN 1.5):
+// MoGE guarantees equal device loads only when the device count divides n_group (design.md 1.5):
 // the run says so once on stderr and goes on; a dividing count says nothing.
 TEST_F(TrainCli, MogeWarnsWhenDevicesDoNotDivideGroups) {
   const std::string moge = " --set model.topk_method=moge --set model.n_group=2 --set model.scoring_func=softmax"
@@ -231,6 +231,13 @@ TEST_F(TrainCli, BadInputGivesOneClearError) {
   expect_error(run_cmd(train_cmd(out, " --set train.steps=2 --set train.decay_steps=4"), dir_.path), "already holds checkpoints");
   expect_error(run_cmd(train_cmd(out, " --set train.steps=4 --set train.decay_steps=4 --set train.lr=0.1 --resume"), dir_.path),
                "train.lr is 0.1 but the checkpoint was trained with");
+  // data encoded with another tokenizer: the ids would mean other text (data.path may change)
+  const std::string other = dir_.path + "/other_tok";
+  ASSERT_EQ(run_cmd(bin() + " data prepare --input " + scratch_->path + "/corpus.jsonl --out " + other +
+                        " --vocab-size 380 --val-fraction 0.1", dir_.path).status, 0);
+  expect_error(run_cmd(train_cmd(out, " --set train.steps=4 --set train.decay_steps=4 --resume")
+                           .replace(train_cmd(out).find(data_), data_.size(), other), dir_.path),
+               "was encoded with another tokenizer");
 
   // disk full while writing the next checkpoint (file-size limit, EFBIG): error, old checkpoint kept
   CmdResult full = run_cmd("trap '' XFSZ; ulimit -f 40; " +

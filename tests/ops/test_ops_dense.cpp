@@ -204,7 +204,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 #ifndef UM_TEST_DEVICE
 // A rotation by pos then by -pos is the identity; and q.k after RoPE depends only on the
-// position difference (the property DESIGN 1.10 says to test where positions enter RoPE).
+// position difference (the property design.md 1.10 says to test where positions enter RoPE).
 TEST(RopeProperties, RelativePositionInvariance) {
   const int d = 16;
   Workspace ws;

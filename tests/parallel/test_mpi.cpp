@@ -1,6 +1,6 @@
-// Distributed training equals one process (DESIGN 4): W ranks with any ep, ZeRO-1 on or off,
+// Distributed training equals one process (design.md 4): W ranks with any ep, ZeRO-1 on or off,
 // every balance scope, give the per-step losses, gradient norms and final parameters of one
-// process on the same global batch with the pool-matched micro-batch (DESIGN 1.6), in f64 to
+// process on the same global batch with the pool-matched micro-batch (design.md 1.6), in f64 to
 // round-off. Run under MPI: `mpirun -np 2|4 test_mpi` (ctest label mpi). Every rank computes
 // the one-process reference itself and compares its own tensors by name, so nothing is gathered.
 #include <gtest/gtest.h>
@@ -78,7 +78,7 @@ void run_case(const Case& k) {
   Workspace ws;
   Ctx ctx = Ctx::cpu(&ws);
 
-  // the one-process reference, pool-matched micro-batch (DESIGN 1.6)
+  // the one-process reference, pool-matched micro-batch (design.md 1.6)
   TrainConfig ref_tc = tc;
   if (k.scope == BalanceScope::ep_group) ref_tc.micro_batch_size = k.m * k.ep;
   if (k.scope == BalanceScope::global) ref_tc.micro_batch_size = k.m * W;
@@ -171,7 +171,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tiny_dssn", 4, true, BalanceScope::ep_group, 8, 1, false, false, 2, true}),
     [](const auto& info) { return info.param.name(); });
 
-// Pipeline parallelism (DESIGN 4, docs/pipeline.md): pp stages x (W/pp) data-parallel ranks,
+// Pipeline parallelism (design.md 4, docs/pipeline.md): pp stages x (W/pp) data-parallel ranks,
 // vpp chunks per stage, with EP and ZeRO-1 inside the stages, equal one process in f64. The
 // goldens have 2 layers; these cases deepen the model (TinyInit by name, so every rank draws the
 // same tensors as the reference) to cut it into up to 8 virtual stages.

@@ -62,12 +62,48 @@ TEST_F(MpiCli, LaunchedJobMatchesOneProcessAndResumesOnOtherRankCounts) {
                                            "--set parallel.zero=1"), dir_.path);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("layout: 2 ranks x 1 threads, ep 2, ZeRO-1"), std::string::npos) << r.out;
+  // each EP rank wrote its own shard (its experts, a share of the rest); the index ties them
+  const std::string ck = two + "/checkpoints/step_0000003";
+  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                        "model.safetensors.index.json", "optimizer-00001-of-00002.safetensors",
+                        "optimizer-00002-of-00002.safetensors", "optimizer.safetensors.index.json"})
+    EXPECT_TRUE(fs::exists(ck + "/" + f)) << f;
+  EXPECT_FALSE(fs::exists(ck + "/model.safetensors"));
   // the checkpoint of 2 ranks with ep 2 and ZeRO-1 resumes on 4 ranks with ep 4, then on 1 rank
   r = run_cmd(mpirun(4) + train(two, " --set train.steps=5 --set parallel.ep=4 --resume"), dir_.path);
   ASSERT_EQ(r.status, 0) << r.err;
   r = run_cmd(train(two, " --set train.steps=6 --resume"), dir_.path);
   ASSERT_EQ(r.status, 0) << r.err;
   expect_close_losses(train_lines(two + "/metrics.jsonl"), train_lines(one + "/metrics.jsonl"), 2e-4);
+}
+
+// Pipeline parallelism end to end: 2 stages (1F1B) checkpoint, the run resumes as 2 stages x
+// 2 virtual stages x 2 data-parallel ranks with EP and ZeRO-1, then on one process; the losses
+// follow the one-process run (evaluation runs through the pipeline at the end of each leg).
+TEST_F(MpiCli, PipelineJobMatchesOneProcessAndResumesAcrossLayouts) {
+  const std::string one = dir_.path + "/one", pipe = dir_.path + "/pipe";
+  ASSERT_EQ(run_cmd(train(one, " --set train.steps=6"), dir_.path).status, 0);
+  CmdResult r = run_cmd(mpirun(2) + train(pipe, " --set train.steps=3 --set train.checkpoint_every=3 --set parallel.pp=2"),
+                        dir_.path);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("layout: 2 ranks x 1 threads, ep 1, pp 2 (layers 1/1 + tail"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("eval step 3"), std::string::npos) << r.out;
+  // one shard per stage, the embedding written once
+  const std::string ck = pipe + "/checkpoints/step_0000003";
+  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                        "model.safetensors.index.json"})
+    EXPECT_TRUE(fs::exists(ck + "/" + f)) << f;
+  r = run_cmd(mpirun(4) + train(pipe, " --set train.steps=5 --set parallel.pp=2 --set parallel.vpp=2 "
+                                      "--set parallel.pp_layers=[0,1,1,0] --set parallel.ep=2 --set parallel.zero=1 --resume"),
+              dir_.path);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("pp 2 x vpp 2 (layers 0/1/1/0 + tail"), std::string::npos) << r.out;
+  r = run_cmd(train(pipe, " --set train.steps=6 --resume"), dir_.path);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::vector<json> a = train_lines(pipe + "/metrics.jsonl"), b = train_lines(one + "/metrics.jsonl");
+  expect_close_losses(a, b, 2e-4);
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    EXPECT_NEAR(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>(), 1e-3 * b[i]["grad_norm"].get<double>());
 }
 
 // The distributed steady-state step allocates nothing either: expert parallelism, ZeRO-1's

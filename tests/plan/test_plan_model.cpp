@@ -1,5 +1,5 @@
 // Planner model geometry: parameter counts against the exact parameter table (count_params) and
-// hand-counted Mixtral numbers, and the DESIGN 7 FLOPs-per-token formula against hand-computed
+// hand-counted Mixtral numbers, and the design.md 7 FLOPs-per-token formula against hand-computed
 // values.
 #include <gtest/gtest.h>
 
@@ -38,7 +38,7 @@ TEST(PlanModel, CountsMatchParamTableSmallModels) {
 }
 
 TEST(PlanModel, PublishedTotals) {
-  // DESIGN 7: Pangu Ultra MoE 719.1B / 39.2B, DeepSeek-V3 671.0B / 36.6B
+  // design.md 7: Pangu Ultra MoE 719.1B / 39.2B, DeepSeek-V3 671.0B / 36.6B
   const PlanParamCounts pangu = plan_param_counts(shipped_model("configs/pangu-ultra-moe-718b.json"));
   EXPECT_NEAR(pangu.total / 1e9, 719.1, 0.05);
   EXPECT_NEAR(pangu.active / 1e9, 39.2, 0.05);
@@ -88,7 +88,7 @@ TEST(PlanModel, FlopsPerTokenMlaCountsMtpAndRouter) {
 }
 
 TEST(PlanModel, FlopsPerTokenAgreesWithTheTrainersMfu) {
-  // two implementations of DESIGN 7: the planner's and the one `ultramoe train` reports MFU with
+  // two implementations of design.md 7: the planner's and the one `ultramoe train` reports MFU with
   for (const char* rel : {"configs/pangu-ultra-moe-718b.json", "configs/deepseek-v3-671b.json", "configs/tiny.json"}) {
     const ModelConfig c = parse_model_config(read_json_file(source_path(rel))["model"], "model");
     for (int64_t T : {64, 4096}) {

@@ -35,7 +35,7 @@ TEST(PlanSimulate, ComputeTimeIsModelFlopsOnIdealHardware) {
     EXPECT_EQ(p.time.bubble, 0);
     EXPECT_EQ(p.time.ep_total, 0);
     EXPECT_EQ(p.micro_batches, 4);
-    // MFU = F B T / step / peak, by definition (DESIGN 7)
+    // MFU = F B T / step / peak, by definition (design.md 7)
     EXPECT_NEAR(p.mfu, model_flops_per_token(m, 64) * 4 * 64 / p.step_time_s / hw.peak_flops, 1e-12);
   }
 }

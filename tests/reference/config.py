@@ -1,7 +1,7 @@
-"""Run-config parsing for the PyTorch reference (DESIGN 1.1, 1.10 and section 8).
+"""Run-config parsing for the PyTorch reference (design.md 1.1, 1.10 and section 8).
 
 What it is: the `model`, `train` and `data` sections of a project config file, read strictly
-(unknown keys and wrong types are errors, as DESIGN 1.1 and 8 require), with the defaults DESIGN
+(unknown keys and wrong types are errors, as design.md 1.1 and 8 require), with the defaults docs/design.md
 states. What it is not: the C++ config loader; keys that only matter to the C++ trainer
 (checkpointing, eval, spikes, parallel) are accepted and ignored here.
 """
@@ -31,7 +31,7 @@ MODEL_KEYS = {
     "qk_rope_head_dim": ((int,), REQUIRED),
     "v_head_dim": ((int,), REQUIRED),
     "num_nextn_predict_layers": ((int,), REQUIRED),
-    # routing / numerics (DESIGN names no default for these; our configs spell them all out)
+    # routing / numerics (docs/design.md names no default for these; our configs spell them all out)
     "n_group": ((int,), 1),
     "topk_group": ((int,), 1),
     "topk_method": ((str,), "greedy"),
@@ -47,7 +47,7 @@ MODEL_KEYS = {
     "initializer_range": ((float,), 0.006),
     "hidden_act": ((str,), "silu"),
     "attention_bias": ((bool,), False),
-    # ultramoe additions (DESIGN 1.1)
+    # ultramoe additions (design.md 1.1)
     "init": ((str,), "tiny"),
     "init_embedding_std": ((float,), 0.5),
     "dssn_c_attn": ((float, str), 0.283),
@@ -175,7 +175,7 @@ class ModelConfig:
 
     @property
     def group_limited(self):
-        # DESIGN 1.1: noaux_tc is read as group_limited with the aux-free bias on.
+        # design.md 1.1: noaux_tc is read as group_limited with the aux-free bias on.
         return self.topk_method in ("group_limited", "noaux_tc")
 
     def validate(self):
@@ -292,7 +292,7 @@ def load_config(path):
 
 def schedule_value(value, step):
     """A number, or [[step, value], ...] piecewise constant, each value applying from its step on
-    (DESIGN 1.10). Before the first listed step the first value applies."""
+    (design.md 1.10). Before the first listed step the first value applies."""
     if not isinstance(value, list):
         return float(value)
     out = float(value[0][1])
@@ -303,5 +303,5 @@ def schedule_value(value, step):
 
 
 def capacity(capacity_factor, tokens_local, k, n_experts):
-    """DESIGN 1.5/1.10: C = ceil(x - 1e-9), x = cf * T_local * K / E in double."""
+    """design.md 1.5/1.10: C = ceil(x - 1e-9), x = cf * T_local * K / E in double."""
     return int(math.ceil(capacity_factor * tokens_local * k / n_experts - 1e-9))

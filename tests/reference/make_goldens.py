@@ -36,7 +36,7 @@ MAX_ATTEMPTS = 50
 
 def make_batches(seed, n_batches, batch_size, seq_len, vocab_size):
     """A stream of documents BOS w... EOS (ids >= 4), cut into windows of T+1 tokens with
-    stride T (consecutive windows share one token, DESIGN 1.8/3); batch s = windows
+    stride T (consecutive windows share one token, design.md 1.8/3); batch s = windows
     [s*B, (s+1)*B). Mostly short documents so every window holds several; a few longer ones.
     No empty documents: BOS EOS pairs would add more tokens whose states are bit-identical
     (every document-opening BOS already is one), which tie in capacity mode (README)."""

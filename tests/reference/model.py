@@ -1,10 +1,11 @@
-"""Independent PyTorch reference of the ultramoe model (DESIGN section 1).
+"""Independent PyTorch reference of the ultramoe model (design.md section 1).
 
-What it is: the model math of DESIGN 1.2-1.10 -- DSSN / sandwich / Pre-LN decoder layers, MLA
+What it is: the model math of design.md 1.2-1.10 -- DSSN / sandwich / Pre-LN decoder layers, MLA
 with decoupled rotate-half RoPE and document masks, dense SwiGLU and MoE FFNs (greedy,
 group_limited, moge routing; dropless or capacity mode), MTP, and the loss J of 1.6-1.8 -- written
-from DESIGN.md alone, parameterised by dtype (float64 for goldens, float32 as the benchmark peer).
-Parameter names are the HF names of DESIGN 1.4, 1.5, 1.7, 1.10 and section 6.
+from the design specification alone (docs/design.md), parameterised by dtype (float64 for
+goldens, float32 as the benchmark peer).
+Parameter names are the HF names of design.md 1.4, 1.5, 1.7, 1.10 and section 6.
 What it is not: the trainer (train.py: AdamW, LR schedule, accumulation, aux-free update) or a
 port of the C++ code.
 
@@ -38,7 +39,7 @@ class WindowLayout:
 
 def window_layout(tokens, mtp_depth):
     """tokens (B, T+1). A document is a maximal run ending with EOS, the EOS belonging to the
-    document it closes; positions restart at x_0 and right after every EOS (DESIGN 1.8)."""
+    document it closes; positions restart at x_0 and right after every EOS (design.md 1.8)."""
     B, T1 = tokens.shape
     T = T1 - 1
     is_eos = tokens == EOS
@@ -56,7 +57,7 @@ def window_layout(tokens, mtp_depth):
 
 
 def attention_mask(doc, n):
-    """(B, n, n) bool: query i attends key j iff j <= i and doc(j) = doc(i) (DESIGN 1.4)."""
+    """(B, n, n) bool: query i attends key j iff j <= i and doc(j) = doc(i) (design.md 1.4)."""
     d = doc[:, :n]
     causal = torch.ones(n, n, dtype=torch.bool, device=doc.device).tril()
     return causal & (d[:, :, None] == d[:, None, :])
@@ -181,7 +182,7 @@ class Routing:
 
 
 def topk_lower_index(v, k):
-    """Indices of the k largest along the last dim, ties to the lower index (DESIGN 1.5), and
+    """Indices of the k largest along the last dim, ties to the lower index (design.md 1.5), and
     the sorted values."""
     vals, order = torch.sort(v, dim=-1, descending=True, stable=True)
     return order[..., :k], vals
@@ -235,7 +236,7 @@ class MoE(nn.Module):
         if cfg.group_limited:
             G = cfg.n_group
             grouped = sb.view(N, G, E // G)
-            n_top = min(2, E // G)                               # DESIGN 1.10
+            n_top = min(2, E // G)                               # design.md 1.10
             group_score = grouped.topk(n_top, dim=-1).values.sum(-1)   # (N, G)
             gidx, gvals = topk_lower_index(group_score, cfg.topk_group)
             keep = torch.zeros(N, G, dtype=torch.bool, device=s.device).scatter(1, gidx, True)
@@ -248,7 +249,7 @@ class MoE(nn.Module):
 
     # -- gates -------------------------------------------------------------------------------
     def gates(self, s, idx):
-        """(N, K) weights of the selected experts (DESIGN 1.5, 1.10)."""
+        """(N, K) weights of the selected experts (design.md 1.5, 1.10)."""
         g = s.gather(1, idx)
         if self.cfg.norm_topk_prob:
             g = g / (g.sum(-1, keepdim=True) + 1e-20)
@@ -282,7 +283,7 @@ class MoE(nn.Module):
     # -- dispatch, experts, combine ------------------------------------------------------------
     def experts_combine(self, x, idx, g, keep):
         """Permute pairs so each expert's rows are contiguous, run each expert on its segment,
-        weight by the gate and add back to the tokens (DESIGN 1.5 dropless; dropped pairs are
+        weight by the gate and add back to the tokens (design.md 1.5 dropless; dropped pairs are
         simply absent)."""
         N, K = idx.shape
         pair_token = torch.arange(N, device=x.device).repeat_interleave(K)
@@ -465,7 +466,7 @@ def matrix_std(cfg: ModelConfig):
 
 def _stream(seed, name):
     """A torch generator keyed by (seed, parameter name): values never depend on which other
-    tensors exist (DESIGN 1.3; the C++ side loads our values, it need not reproduce them)."""
+    tensors exist (design.md 1.3; the C++ side loads our values, it need not reproduce them)."""
     key = int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little")
     return torch.Generator().manual_seed(key & ((1 << 63) - 1))
 
@@ -498,7 +499,7 @@ def init_parameters(model: UltramoeModel, seed):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class StepCounts:
-    """Global (whole-step) denominators, known from the data before the forward (DESIGN 1.8)."""
+    """Global (whole-step) denominators, known from the data before the forward (design.md 1.8)."""
     n_main: int
     n_mtp: List[int]
     n_pools: int                 # balance pools of the step
@@ -507,7 +508,7 @@ class StepCounts:
 
 
 def balance_pool_size(scope, micro_batch_size):
-    # One process, world size 1: ep_group and global pools are the micro-batch (DESIGN 1.6).
+    # One process, world size 1: ep_group and global pools are the micro-batch (design.md 1.6).
     return 1 if scope == "sequence" else micro_batch_size
 
 
@@ -545,7 +546,7 @@ def ce_sum(logits, targets, valid):
 
 
 def balance_terms(routing: Routing, cfg: ModelConfig, n_seq, tokens_per_seq, pool_size):
-    """B_l(S) for every pool S of this forward (DESIGN 1.6): f_i = E/(K|S|) c_i,
+    """B_l(S) for every pool S of this forward (design.md 1.6): f_i = E/(K|S|) c_i,
     P_i = mean_S s'_i, B = sum_i f_i P_i; s' = s renormalised over all E."""
     E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
     s = routing.s

@@ -1,4 +1,4 @@
-"""A second, deliberately naive reading of DESIGN 1.2-1.8: per-token Python loops over numpy
+"""A second, deliberately naive reading of design.md 1.2-1.8: per-token Python loops over numpy
 float64 vectors, no batching, no masks, no gathers. check.py runs it on the golden parameters and
 tokens and compares it with the vectorised model's golden outputs, so a slip in model.py's
 indexing, masking, permutation or capacity sorting shows up as a mismatch.
@@ -92,7 +92,7 @@ def attention(P, pre, cfg, xs, pos, doc):
 
 
 def route_token(cfg, s, b):
-    """Selected experts of one token from its scores s and bias b (DESIGN 1.5)."""
+    """Selected experts of one token from its scores s and bias b (design.md 1.5)."""
     E, K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
     sb = s + b
     by_score = lambda e: (-sb[e], e)       # noqa: E731  ties -> lower index
@@ -214,7 +214,7 @@ def forward_micro_batch(P, cfg, tokens, cap_factor):
 
 
 def step_losses(P, cfg, train, tokens, mtp_lambda):
-    """The loss parts of DESIGN 1.6-1.8 for one global batch, summed term by term."""
+    """The loss parts of design.md 1.6-1.8 for one global batch, summed term by term."""
     m = train["micro_batch_size"]
     B, T = len(tokens), len(tokens[0]) - 1
     E, K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]

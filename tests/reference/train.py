@@ -1,4 +1,4 @@
-"""Training step of the PyTorch reference (DESIGN 1.6 aux-free update, 1.8 accumulation,
+"""Training step of the PyTorch reference (design.md 1.6 aux-free update, 1.8 accumulation,
 section 2 AdamW and clipping, section 8 LR schedule).
 
 What it is: one optimizer step = forward/backward over the micro-batches of a global batch with
@@ -117,7 +117,7 @@ def global_grad_norm(model):
 
 
 def clip_gradients(model, grad_clip, norm):
-    """coef = min(1, clip / (norm + 1e-6)) on the full gradient (DESIGN section 2)."""
+    """coef = min(1, clip / (norm + 1e-6)) on the full gradient (design.md section 2)."""
     coef = min(1.0, grad_clip / (norm + 1e-6))
     if coef < 1.0:
         for p in model.parameters():

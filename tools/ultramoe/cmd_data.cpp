@@ -1,5 +1,5 @@
 // ultramoe data prepare: text/JSONL files to a data directory (tokenizer + token shards,
-// DESIGN 3, 8). The work is prepare_data() in src/train/data.cpp; this file parses the options
+// design.md 3, 8). The work is prepare_data() in src/train/data.cpp; this file parses the options
 // and prints the summary.
 #include <chrono>
 #include <cstdio>

@@ -1,4 +1,4 @@
-// ultramoe inspect: configuration and parameter counts of a model config (DESIGN 7, 8).
+// ultramoe inspect: configuration and parameter counts of a model config (design.md 7, 8).
 #include <cstdio>
 
 #include "commands.h"
@@ -15,7 +15,7 @@ namespace um::cli {
 static const char* kUsage =
     "usage: ultramoe inspect --config FILE | --ckpt DIR  [--json]\n"
     "\n"
-    "Prints the model configuration, total and active parameter counts (DESIGN 7) and a\n"
+    "Prints the model configuration, total and active parameter counts (design.md 7) and a\n"
     "per-component breakdown. FILE is a run config with a `model` section or a flat HF-style\n"
     "config.json. For a checkpoint, also its step and the expert load of its last step.\n"
     "  --config FILE   config to inspect\n"

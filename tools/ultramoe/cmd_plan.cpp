@@ -1,4 +1,4 @@
-// ultramoe plan: predict a training run before spending it (DESIGN 5). Searches parallel layouts
+// ultramoe plan: predict a training run before spending it (design.md 5). Searches parallel layouts
 // (or evaluates one), searches model geometries, calibrates the CPU hardware file from
 // bench_ops, and sets predictions against measured `ultramoe bench` steps. The cost model lives
 // in src/plan; this file reads options and prints.
@@ -21,7 +21,7 @@ using namespace um::plan;
 static const char* kUsage =
     "usage: ultramoe plan --model FILE --hardware FILE --devices N [--seq S --global-batch G] [options]\n"
     "\n"
-    "Predicts step time, MFU (DESIGN 7), tokens/s and memory per device of a training run, for\n"
+    "Predicts step time, MFU (design.md 7), tokens/s and memory per device of a training run, for\n"
     "every parallel layout of N devices that fits in memory (fastest first), or for one layout.\n"
     "FILE (--model) is a run config with a `model` section, a flat HF-style config, or a file with\n"
     "a planner-only `plan_model` section (GQA models such as configs/mixtral-8x7b.json). --seq and\n"
@@ -87,7 +87,7 @@ int64_t run_int(const json& file, const char* section, const char* key, int64_t 
   return s.contains(key) && s[key].is_number_integer() ? s[key].get<int64_t>() : fallback;
 }
 
-// The layout the ultramoe engine runs for a run config: data + expert parallel only (DESIGN 4).
+// The layout the ultramoe engine runs for a run config: data + expert parallel only (design.md 4).
 Layout layout_from_run_config(const json& file) {
   Layout l;
   l.ep = static_cast<int>(run_int(file, "parallel", "ep", 1));

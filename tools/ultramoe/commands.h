@@ -22,6 +22,8 @@ bool wants_help(const Args& args, const char* usage);
 int cmd_bench(const Args& args);
 int cmd_data(const Args& args);
 int cmd_eval(const Args& args);
+int cmd_export(const Args& args);
+int cmd_import(const Args& args);
 int cmd_inspect(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_sample(const Args& args);

@@ -13,6 +13,8 @@ static const Command kCommands[] = {
     {"bench", "time training steps: tokens/s, MFU, memory, step time by phase", cmd_bench},
     {"data", "prepare text into a tokenizer and token shards", cmd_data},
     {"eval", "validation loss and perplexity of a checkpoint", cmd_eval},
+    {"export", "write a checkpoint as a Hugging Face DeepSeek-V3 folder", cmd_export},
+    {"import", "read a Hugging Face DeepSeek-V3/V2 folder into a checkpoint", cmd_import},
     {"inspect", "print a model's configuration and parameter counts", cmd_inspect},
     {"plan", "predict step time, MFU and memory of parallel layouts and geometries", cmd_plan},
     {"sample", "generate text from a checkpoint", cmd_sample},

@@ -321,7 +321,7 @@ void routing_permutation(int32_t* offsets, int32_t* row_pair, int32_t* pair_row,
   permutation(offsets, row_pair, pair_row, expert, keep, N, K, E, ctx.scratch<int32_t>(size_t(E)), ctx);
 }
 
-// ---- capacity (DESIGN 1.5): per expert keep the C best pairs by (score desc, pair asc) ----
+// ---- capacity (design.md 1.5): per expert keep the C best pairs by (score desc, pair asc) ----
 __global__ void capacity_rank_kernel(uint8_t* keep, const int32_t* offsets, const int32_t* row_pair, const float* s,
                                      int K, int64_t E, int64_t C) {
   const int e = blockIdx.x;

@@ -140,7 +140,7 @@ inline std::vector<int32_t> topk_indices(const Vec& val, const std::vector<int32
   return out;
 }
 
-// DESIGN 1.5 selection for one token. method: 0 greedy, 1 group_limited, 2 moge.
+// design.md 1.5 selection for one token. method: 0 greedy, 1 group_limited, 2 moge.
 inline std::vector<int32_t> select_experts(const Vec& biased, int k, int method, int n_group,
                                            int topk_group) {
   const int E = static_cast<int>(biased.size());
@@ -236,7 +236,7 @@ inline std::pair<Vec, Vec> mla_kv(const Vec& kv, const Vec& kva, int64_t N, int6
   return {k, v};
 }
 
-// The balance term of one micro-batch (DESIGN 1.6): sum over rows n of sum_e f_e(S_n) s'_{n,e} / |S|,
+// The balance term of one micro-batch (design.md 1.6): sum over rows n of sum_e f_e(S_n) s'_{n,e} / |S|,
 // f_e(S) = E / (K |S|) c_e(S), c_e(S) the rows of pool S that selected e, pools of pool_rows rows,
 // s' = s / sum(s) (sigmoid) or s (softmax).
 inline double balance_term(const Vec& s, const std::vector<int32_t>& idx, int64_t N, int64_t E, int k,
@@ -268,7 +268,7 @@ inline double z_loss(const Vec& z, int64_t N, int64_t E) {
   return total;
 }
 
-// Capacity selection (DESIGN 1.5): per expert, the C pairs with the highest score s[t, e]
+// Capacity selection (design.md 1.5): per expert, the C pairs with the highest score s[t, e]
 // (ties: lower token index) kept.
 inline std::vector<uint8_t> capacity_keep(const std::vector<int32_t>& idx, const Vec& s, int64_t N, int k,
                                           int64_t E, int64_t C) {
